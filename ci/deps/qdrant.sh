@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Qdrant engine for local runs and tests: dev/qdrant-dev-server, Qdrant's gRPC API
+# over the real qdrant-edge engine (set QDRANT_URL to use a real Qdrant instead).
+#   ensure        build the server (cargo, in the cached target dir); print `export QDRANT_DEV_SERVER_BIN=...`
+#   run PORT DIR  serve gRPC on 127.0.0.1:PORT with data in DIR, in the foreground (stop: SIGTERM)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+: "${CARGO_TARGET_DIR:=$REPO_ROOT/target}"
+QDRANT_DEV_SERVER_BIN="${QDRANT_DEV_SERVER_BIN:-$CARGO_TARGET_DIR/debug/qdrant-dev-server}"
+
+ensure() {
+  log "building qdrant-dev-server (qdrant-edge takes ~8 CPU-minutes on a cold cache)"
+  run_logged "$CACHE_DIR/logs/qdrant-dev-server-build.log" \
+    cargo build --manifest-path "$REPO_ROOT/Cargo.toml" -p qdrant-dev-server
+  echo "export QDRANT_DEV_SERVER_BIN=$QDRANT_DEV_SERVER_BIN"
+}
+
+run() {
+  local port=${1:?usage: qdrant.sh run PORT DATA_DIR} dir=${2:?usage: qdrant.sh run PORT DATA_DIR}
+  [ -x "$QDRANT_DEV_SERVER_BIN" ] || die "qdrant-dev-server is not built: run '$0 ensure' first"
+  mkdir -p "$dir"
+  exec "$QDRANT_DEV_SERVER_BIN" --listen "127.0.0.1:$port" --data-dir "$dir"
+}
+
+case "${1:-}" in
+  ensure) ensure ;;
+  run) shift; run "$@" ;;
+  *) die "usage: $0 {ensure|run PORT DATA_DIR}" ;;
+esac

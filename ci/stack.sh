@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Runs the chat stack on this machine, no cluster needed (the README's first command).
+# Builds or installs what is missing (first run: a while; later: seconds), starts the
+# broker, the Qdrant engine server and the LLM servers on loopback, prepares the topics,
+# and stops everything on Ctrl-C. Data lives in .stack/ (delete it, or pass --fresh,
+# to start over).
+#
+# Point it at external services instead of local ones with KAFKA_BOOTSTRAP_SERVERS,
+# QDRANT_URL, OPENAI_BASE_URL (+ OPENAI_MODEL, OPENAI_API_KEY) and EMBEDDINGS_BASE_URL.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+STACK_DIR="${STACK_DIR:-$REPO_ROOT/.stack}"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+QDRANT_PORT="${QDRANT_PORT:-6334}"
+LLM_PORT="${LLM_PORT:-8080}"
+EMBED_PORT="${EMBED_PORT:-8081}"
+[ "${1:-}" = "--fresh" ] && rm -rf "$STACK_DIR"
+mkdir -p "$STACK_DIR/logs"
+
+rustc_version=$(rustc --version | cut -d' ' -f2)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/cargo-target/rustc-$rustc_version}"
+
+pids=()
+stop_all() {
+  trap - INT TERM EXIT
+  [ ${#pids[@]} -eq 0 ] && return
+  log "stopping ${#pids[@]} processes"
+  # SIGINT: tansu shuts its SQLite store down cleanly on it (SIGTERM can lose writes).
+  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
+  local deadline=$((SECONDS + 15))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  log "stopped"
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# start NAME PORT CMD...: refuses a taken port, runs CMD in the background with its log
+# in .stack/logs, and remembers it for Ctrl-C.
+start() {
+  local name=$1 port=$2; shift 2
+  port_free "$port" || die "port $port (for $name) is already in use: stop what holds it or set ${name^^}_PORT"
+  "$@" >"$STACK_DIR/logs/$name.log" 2>&1 &
+  pids+=($!)
+  log "started $name on 127.0.0.1:$port (log: .stack/logs/$name.log)"
+}
+
+apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler curl unzip
+
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  eval "$(ci/deps/tansu.sh ensure)"
+  start kafka "$KAFKA_PORT" ci/deps/tansu.sh run "$KAFKA_PORT" "$STACK_DIR/kafka"
+  wait_port "$KAFKA_PORT" 30
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
+fi
+if [ -z "${QDRANT_URL:-}" ]; then
+  eval "$(ci/deps/qdrant.sh ensure)"
+  start qdrant "$QDRANT_PORT" ci/deps/qdrant.sh run "$QDRANT_PORT" "$STACK_DIR/qdrant"
+  wait_port "$QDRANT_PORT" 30
+  export QDRANT_URL="http://127.0.0.1:$QDRANT_PORT"
+fi
+if [ -z "${OPENAI_BASE_URL:-}" ] || [ -z "${EMBEDDINGS_BASE_URL:-}" ]; then
+  eval "$(ci/deps/llama.sh ensure)"
+fi
+if [ -z "${OPENAI_BASE_URL:-}" ]; then
+  start llm "$LLM_PORT" ci/deps/llama.sh run-chat "$LLM_PORT"
+  wait_http "http://127.0.0.1:$LLM_PORT/health" 60
+  export OPENAI_BASE_URL="http://127.0.0.1:$LLM_PORT/v1" OPENAI_MODEL=smollm2
+fi
+if [ -z "${EMBEDDINGS_BASE_URL:-}" ]; then
+  start embeddings "$EMBED_PORT" ci/deps/llama.sh run-embed "$EMBED_PORT"
+  wait_http "http://127.0.0.1:$EMBED_PORT/health" 60
+  export EMBEDDINGS_BASE_URL="http://127.0.0.1:$EMBED_PORT/v1" EMBEDDINGS_MODEL=all-minilm-l6-v2
+fi
+
+log "building the stack's binaries"
+run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --release --locked -p gateway
+log "preparing topics and consumer groups"
+"$CARGO_TARGET_DIR/release/gateway" init --timeout-secs 30
+
+cat <<MSG
+
+  The chat stack's services are up:
+    Kafka (tansu)         $KAFKA_BOOTSTRAP_SERVERS
+    Qdrant (gRPC)         $QDRANT_URL
+    LLM (chat)            $OPENAI_BASE_URL   model $OPENAI_MODEL
+    LLM (embeddings)      $EMBEDDINGS_BASE_URL   model $EMBEDDINGS_MODEL
+
+  Try the model:  curl -s $OPENAI_BASE_URL/chat/completions -H 'content-type: application/json' \\
+                    -d '{"model":"$OPENAI_MODEL","messages":[{"role":"user","content":"Hi!"}]}'
+
+  The gateway and the handlers (and the chat page) join this command as they land.
+  Press Ctrl-C to stop everything.
+MSG
+wait -n "${pids[@]}" || true
+die "a service exited unexpectedly; see .stack/logs/"

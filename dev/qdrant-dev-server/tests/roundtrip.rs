@@ -1,0 +1,423 @@
+//! End to end: the built server binary, driven by the real `qdrant-client`, through the
+//! calls the chatbot's memory makes, including restarts on the same data dir.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use qdrant_client::qdrant::{
+    point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder,
+    CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder,
+    PayloadSchemaType, PointId, PointStruct, PointsIdsList, Query, QueryPointsBuilder,
+    RecommendPointsBuilder, ScoredPoint, ScrollPointsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
+    VectorParamsBuilder,
+};
+use qdrant_client::{Qdrant, QdrantError};
+use serde_json::json;
+use uuid::Uuid;
+
+const COLLECTION: &str = "memories";
+/// Upper bound for any single step, so a broken server fails the test instead of hanging it.
+const STEP: Duration = Duration::from_secs(30);
+
+/// A running server process; killed when dropped, so a failing test leaves nothing behind.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    /// Starts the binary on a free loopback port and waits for its startup line.
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qdrant-dev-server"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start qdrant-dev-server");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep reading to the end so the server never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        // The server is built to print this before it accepts connections.
+        let mut server = Server { child, url: String::new() };
+        let line =
+            rx.recv_timeout(Duration::from_secs(60)).expect("server printed no startup line within 60 s");
+        let address = line
+            .strip_prefix("qdrant-dev-server listening on ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected startup line: {line}"));
+        server.url = format!("http://{address}");
+        server
+    }
+
+    fn client(&self) -> Qdrant {
+        Qdrant::from_url(&self.url)
+            .timeout(STEP)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("build client")
+    }
+
+    /// Asks the server to stop with SIGTERM and waits (bounded) for it to exit.
+    fn stop(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for server") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit within {STEP:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Awaits one client call with a deadline and fails the test on error.
+async fn step<T>(what: &str, call: impl Future<Output = Result<T, QdrantError>>) -> T {
+    match tokio::time::timeout(STEP, call).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(err)) => panic!("{what} failed: {err}"),
+        Err(_) => panic!("{what} did not finish within {STEP:?}"),
+    }
+}
+
+/// The product's point ids: UUID v5 of message id + role.
+fn point_id(message_id: &str, role: &str) -> String {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{message_id}:{role}").as_bytes()).to_string()
+}
+
+struct Memory {
+    message_id: &'static str,
+    role: &'static str,
+    user: &'static str,
+    conversation: &'static str,
+    vector: [f32; 4],
+}
+
+const MEMORIES: [Memory; 5] = [
+    Memory { message_id: "m1", role: "user", user: "a", conversation: "c1", vector: [1.0, 0.0, 0.0, 0.0] },
+    Memory {
+        message_id: "m1",
+        role: "assistant",
+        user: "a",
+        conversation: "c1",
+        vector: [0.8, 0.2, 0.0, 0.0],
+    },
+    Memory { message_id: "m2", role: "user", user: "a", conversation: "c2", vector: [0.0, 0.0, 1.0, 0.0] },
+    // User b holds the best match of all: a filter that leaks would rank it first.
+    Memory { message_id: "m3", role: "user", user: "b", conversation: "c3", vector: [1.0, 0.0, 0.0, 0.0] },
+    Memory { message_id: "m4", role: "user", user: "b", conversation: "c3", vector: [0.9, 0.1, 0.0, 0.0] },
+];
+
+fn id_of(m: &Memory) -> String {
+    point_id(m.message_id, m.role)
+}
+
+fn points() -> Vec<PointStruct> {
+    MEMORIES
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let payload = json!({
+                "conversation_id": m.conversation,
+                "user_id": m.user,
+                "role": m.role,
+                "text": format!("text of {} {}", m.message_id, m.role),
+                "ts": 1_700_000_000 + i as i64,
+                "message_id": m.message_id,
+            });
+            PointStruct::new(
+                id_of(m),
+                m.vector.to_vec(),
+                qdrant_client::Payload::try_from(payload).expect("payload is an object"),
+            )
+        })
+        .collect()
+}
+
+fn uuid_of(id: &Option<PointId>) -> String {
+    match id.as_ref().and_then(|id| id.point_id_options.clone()) {
+        Some(PointIdOptions::Uuid(uuid)) => uuid,
+        other => panic!("expected a UUID point id, got {other:?}"),
+    }
+}
+
+fn user_filter(user: &str) -> Filter {
+    Filter::must([Condition::matches("user_id", user.to_string())])
+}
+
+fn payload_str(point: &ScoredPoint, key: &str) -> String {
+    point
+        .payload
+        .get(key)
+        .and_then(|v| v.as_str().cloned())
+        .unwrap_or_else(|| panic!("payload of {:?} has no string {key}", point.id))
+}
+
+async fn count(client: &Qdrant, filter: Option<Filter>) -> u64 {
+    let mut request = CountPointsBuilder::new(COLLECTION).exact(true);
+    if let Some(filter) = filter {
+        request = request.filter(filter);
+    }
+    step("count", client.count(request)).await.result.expect("count result").count
+}
+
+/// Nearest to [1,0,0,0] among user a's memories.
+async fn query_user_a(client: &Qdrant) -> Vec<ScoredPoint> {
+    let request = QueryPointsBuilder::new(COLLECTION)
+        .query(Query::new_nearest(vec![1.0, 0.0, 0.0, 0.0]))
+        .filter(user_filter("a"))
+        .limit(10)
+        .with_payload(true);
+    step("filtered query", client.query(request)).await.result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_calls_round_trip_and_survive_restarts() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(data.path());
+    let client = server.client();
+
+    let health = step("health check", client.health_check()).await;
+    assert!(!health.version.is_empty(), "health check reports a version");
+
+    step(
+        "create collection",
+        client.create_collection(
+            CreateCollectionBuilder::new(COLLECTION)
+                .vectors_config(VectorParamsBuilder::new(4, Distance::Cosine)),
+        ),
+    )
+    .await;
+    assert!(step("collection_exists", client.collection_exists(COLLECTION)).await);
+    assert!(!step("collection_exists (missing)", client.collection_exists("nope")).await);
+    let again = client
+        .create_collection(
+            CreateCollectionBuilder::new(COLLECTION)
+                .vectors_config(VectorParamsBuilder::new(4, Distance::Cosine)),
+        )
+        .await;
+    assert!(again.is_err(), "creating an existing collection must fail");
+
+    for field in ["conversation_id", "user_id"] {
+        step(
+            "create field index",
+            client.create_field_index(
+                CreateFieldIndexCollectionBuilder::new(COLLECTION, field, FieldType::Keyword).wait(true),
+            ),
+        )
+        .await;
+    }
+
+    step("upsert", client.upsert_points(UpsertPointsBuilder::new(COLLECTION, points()).wait(true))).await;
+    // Upserting the same ids again overwrites instead of duplicating.
+    step("re-upsert", client.upsert_points(UpsertPointsBuilder::new(COLLECTION, points()).wait(true))).await;
+
+    let info =
+        step("collection info", client.collection_info(COLLECTION)).await.result.expect("collection info");
+    assert_eq!(info.points_count, Some(5));
+    for field in ["conversation_id", "user_id"] {
+        let schema = info
+            .payload_schema
+            .get(field)
+            .unwrap_or_else(|| panic!("no payload index on {field}: {:?}", info.payload_schema));
+        assert_eq!(schema.data_type, PayloadSchemaType::Keyword as i32);
+    }
+
+    // Filtered query: only user a, best match first.
+    let hits = query_user_a(&client).await;
+    let expected: Vec<String> = MEMORIES[..3].iter().map(id_of).collect();
+    let got: Vec<String> = hits.iter().map(|p| uuid_of(&p.id)).collect();
+    assert_eq!(got, expected, "user a's memories ranked by similarity");
+    assert!(hits.iter().all(|p| payload_str(p, "user_id") == "a"));
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "identical vector scores 1");
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    assert_eq!(payload_str(&hits[0], "text"), "text of m1 user");
+
+    // Limit, offset and score threshold are honoured.
+    let page = step(
+        "query with offset",
+        client.query(
+            QueryPointsBuilder::new(COLLECTION)
+                .query(Query::new_nearest(vec![1.0, 0.0, 0.0, 0.0]))
+                .filter(user_filter("a"))
+                .limit(1)
+                .offset(1),
+        ),
+    )
+    .await
+    .result;
+    assert_eq!(page.iter().map(|p| uuid_of(&p.id)).collect::<Vec<_>>(), vec![id_of(&MEMORIES[1])]);
+    assert!(page[0].payload.is_empty(), "query returns no payload unless asked");
+    let close = step(
+        "query with score threshold",
+        client.query(
+            QueryPointsBuilder::new(COLLECTION)
+                .query(Query::new_nearest(vec![1.0, 0.0, 0.0, 0.0]))
+                .filter(user_filter("a"))
+                .score_threshold(0.5),
+        ),
+    )
+    .await
+    .result;
+    assert_eq!(close.len(), 2, "the orthogonal memory is below the threshold");
+
+    // The older Search call goes through the same engine path.
+    let searched = step(
+        "search",
+        client.search_points(
+            SearchPointsBuilder::new(COLLECTION, vec![1.0, 0.0, 0.0, 0.0], 2)
+                .filter(user_filter("b"))
+                .with_payload(true),
+        ),
+    )
+    .await
+    .result;
+    assert_eq!(
+        searched.iter().map(|p| uuid_of(&p.id)).collect::<Vec<_>>(),
+        vec![id_of(&MEMORIES[3]), id_of(&MEMORIES[4])]
+    );
+
+    assert_eq!(count(&client, None).await, 5);
+    assert_eq!(count(&client, Some(user_filter("a"))).await, 3);
+    let c1_of_a = Filter::must([
+        Condition::matches("user_id", "a".to_string()),
+        Condition::matches("conversation_id", "c1".to_string()),
+    ]);
+    assert_eq!(count(&client, Some(c1_of_a)).await, 2);
+    let not_assistant = Filter::must_not([Condition::matches("role", "assistant".to_string())]);
+    assert_eq!(count(&client, Some(not_assistant)).await, 4);
+
+    // Scroll a conversation one point per page, following next_page_offset.
+    let conversation = Filter::must([Condition::matches("conversation_id", "c3".to_string())]);
+    let mut seen = HashSet::new();
+    let mut offset: Option<PointId> = None;
+    for _ in 0..5 {
+        let mut request =
+            ScrollPointsBuilder::new(COLLECTION).filter(conversation.clone()).limit(1).with_payload(true);
+        if let Some(offset) = offset.take() {
+            request = request.offset(offset);
+        }
+        let page = step("scroll", client.scroll(request)).await;
+        for point in &page.result {
+            assert_eq!(
+                point.payload.get("conversation_id").and_then(|v| v.as_str().cloned()),
+                Some("c3".to_string())
+            );
+            assert!(seen.insert(uuid_of(&point.id)), "scroll pages do not repeat");
+        }
+        match page.next_page_offset {
+            Some(next) => offset = Some(next),
+            None => break,
+        }
+    }
+    let expected: HashSet<String> = MEMORIES[3..].iter().map(id_of).collect();
+    assert_eq!(seen, expected, "scroll returns exactly the conversation's points");
+
+    // Get by id, with payload.
+    let got = step(
+        "get points",
+        client.get_points(
+            GetPointsBuilder::new(COLLECTION, vec![PointId::from(id_of(&MEMORIES[2]))]).with_payload(true),
+        ),
+    )
+    .await
+    .result;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload.get("message_id").and_then(|v| v.as_str().cloned()), Some("m2".to_string()));
+
+    // Delete one point by id, and user b's points by filter.
+    step(
+        "delete by id",
+        client.delete_points(
+            DeletePointsBuilder::new(COLLECTION)
+                .points(PointsIdsList::from(vec![PointId::from(id_of(&MEMORIES[2]))]))
+                .wait(true),
+        ),
+    )
+    .await;
+    step(
+        "delete by filter",
+        client.delete_points(DeletePointsBuilder::new(COLLECTION).points(user_filter("b")).wait(true)),
+    )
+    .await;
+    assert_eq!(count(&client, None).await, 2);
+    assert_eq!(count(&client, Some(user_filter("b"))).await, 0);
+
+    // Methods outside the supported subset say so.
+    let refused =
+        client.recommend(RecommendPointsBuilder::new(COLLECTION, 3).add_positive(PointId::from(1_u64))).await;
+    match refused {
+        Err(QdrantError::ResponseError { status }) => {
+            assert_eq!(status.code(), tonic::Code::Unimplemented);
+            assert!(status.message().contains("Recommend"), "{}", status.message());
+        }
+        other => panic!("recommend must be unimplemented, got {other:?}"),
+    }
+
+    // A clean stop flushes; a restart on the same data dir sees the same data.
+    drop(client);
+    let status = server.stop();
+    assert!(status.success(), "server exits cleanly on SIGTERM: {status}");
+
+    let server = Server::start(data.path());
+    let client = server.client();
+    assert!(step("collection_exists after restart", client.collection_exists(COLLECTION)).await);
+    assert_eq!(count(&client, None).await, 2);
+    let hits = query_user_a(&client).await;
+    let expected: Vec<String> = MEMORIES[..2].iter().map(id_of).collect();
+    assert_eq!(hits.iter().map(|p| uuid_of(&p.id)).collect::<Vec<_>>(), expected);
+    assert_eq!(payload_str(&hits[1], "role"), "assistant");
+    let info = step("collection info after restart", client.collection_info(COLLECTION))
+        .await
+        .result
+        .expect("collection info");
+    assert!(info.payload_schema.contains_key("user_id"), "payload index survives restart");
+
+    // An acknowledged write survives even a kill -9: it is flushed before the reply.
+    let late = PointStruct::new(
+        point_id("m5", "user"),
+        vec![0.0, 1.0, 0.0, 0.0],
+        qdrant_client::Payload::try_from(json!({"user_id": "a", "conversation_id": "c1"}))
+            .expect("payload is an object"),
+    );
+    step(
+        "upsert after restart",
+        client.upsert_points(UpsertPointsBuilder::new(COLLECTION, vec![late]).wait(true)),
+    )
+    .await;
+    drop(client);
+    drop(server); // SIGKILL
+
+    let server = Server::start(data.path());
+    let client = server.client();
+    assert_eq!(count(&client, Some(user_filter("a"))).await, 3);
+
+    step("delete collection", client.delete_collection(COLLECTION)).await;
+    assert!(!step("collection_exists after delete", client.collection_exists(COLLECTION)).await);
+    let names = step("list collections", client.list_collections()).await;
+    assert!(names.collections.is_empty(), "{:?}", names.collections);
+    drop(client);
+    assert!(server.stop().success());
+}

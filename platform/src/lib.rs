@@ -1,0 +1,18 @@
+//! What every binary of the chat stack stands on.
+//!
+//! The contracts of `docs/ARCHITECTURE.md` live here so that the gateway and the
+//! handlers cannot disagree on them: topic names ([`topics`]), the events on those
+//! topics ([`events`]), how a Kafka client is configured ([`kafka`]), how settings are
+//! read ([`settings`]), how logs are written ([`telemetry`]) and how a trace crosses
+//! Kafka ([`trace_context`]). [`bootstrap`] prepares a broker for the stack and [`lag`]
+//! measures consumer lag the way KEDA does.
+
+pub mod bootstrap;
+pub mod events;
+pub mod kafka;
+pub mod lag;
+pub mod llm;
+pub mod settings;
+pub mod telemetry;
+pub mod topics;
+pub mod trace_context;

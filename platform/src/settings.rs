@@ -1,0 +1,208 @@
+//! Settings from environment variables (12-factor), secrets from `*_FILE` files.
+//!
+//! Every binary reads its settings once at start-up through [`Env`] and fails with a
+//! [`SettingsError`] that names the variable and says what is expected, so that a pod
+//! that cannot start says why in its first log line. Secrets become
+//! [`secrecy::SecretString`]: their values never appear in `Debug` output or errors.
+
+use std::{collections::HashMap, fmt::Display, path::PathBuf, str::FromStr};
+
+use secrecy::SecretString;
+
+/// A setting that is missing or unusable; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A required variable is not set (or is empty).
+    #[error("{name} is required: {help}")]
+    Missing {
+        /// The variable.
+        name: String,
+        /// What it should hold.
+        help: String,
+    },
+    /// A variable is set to something that cannot be used.
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// The variable.
+        name: String,
+        /// What it was set to (never a secret's value).
+        value: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A `*_FILE` variable names a file that cannot be read.
+    #[error("{name}={path:?}: cannot read the file: {source}")]
+    File {
+        /// The `*_FILE` variable.
+        name: String,
+        /// The path it holds.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Both `NAME` and `NAME_FILE` are set, and it is unclear which one wins.
+    #[error("both {name} and {name}_FILE are set: set only one")]
+    Ambiguous {
+        /// The variable without `_FILE`.
+        name: String,
+    },
+}
+
+/// A snapshot of the environment to read settings from.
+#[derive(Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment (variables that are not UTF-8 are left out).
+    pub fn from_process() -> Self {
+        Self { vars: std::env::vars().collect() }
+    }
+
+    /// An environment made of the given pairs, for tests and tools.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// The value of `name`, treating an empty value as unset.
+    pub fn optional(&self, name: &str) -> Option<String> {
+        self.vars.get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+    }
+
+    /// The value of `name`, or an error saying what it should hold.
+    pub fn required(&self, name: &str, help: &str) -> Result<String, SettingsError> {
+        self.optional(name).ok_or_else(|| SettingsError::Missing { name: name.into(), help: help.into() })
+    }
+
+    /// `name` parsed as `T`, or `default` when unset.
+    pub fn parse_or<T>(&self, name: &str, default: T) -> Result<T, SettingsError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(raw) => raw.parse().map_err(|e: T::Err| SettingsError::Invalid {
+                name: name.into(),
+                value: raw.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// `name` as one of `allowed` (case-insensitive, returned lower-case), or `default`.
+    pub fn one_of(&self, name: &str, allowed: &[&str], default: &str) -> Result<String, SettingsError> {
+        let value = self.optional(name).unwrap_or_else(|| default.to_string()).to_lowercase();
+        if allowed.contains(&value.as_str()) {
+            Ok(value)
+        } else {
+            Err(SettingsError::Invalid {
+                name: name.into(),
+                value,
+                reason: format!("expected one of {}", allowed.join(", ")),
+            })
+        }
+    }
+
+    /// A secret from `name`, or from the file named by `name_FILE` (a mounted Kubernetes
+    /// Secret); a trailing newline in the file is dropped. `None` when neither is set.
+    pub fn secret(&self, name: &str) -> Result<Option<SecretString>, SettingsError> {
+        let file_var = format!("{name}_FILE");
+        match (self.optional(name), self.optional(&file_var)) {
+            (Some(_), Some(_)) => Err(SettingsError::Ambiguous { name: name.into() }),
+            (Some(value), None) => Ok(Some(SecretString::from(value))),
+            (None, Some(path)) => {
+                let path = PathBuf::from(path);
+                let text = std::fs::read_to_string(&path).map_err(|source| SettingsError::File {
+                    name: file_var.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+                let value = text.trim_end_matches(['\r', '\n']).to_string();
+                if value.is_empty() {
+                    return Err(SettingsError::Invalid {
+                        name: file_var,
+                        value: path.display().to_string(),
+                        reason: "the file is empty".into(),
+                    });
+                }
+                Ok(Some(SecretString::from(value)))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Like [`Env::secret`], but an error naming both variables when neither is set.
+    pub fn required_secret(&self, name: &str, help: &str) -> Result<SecretString, SettingsError> {
+        self.secret(name)?.ok_or_else(|| SettingsError::Missing {
+            name: format!("{name} (or {name}_FILE)"),
+            help: help.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+
+    #[test]
+    fn missing_variables_are_named_with_help() {
+        let err = Env::default().required("KAFKA_BOOTSTRAP_SERVERS", "host:port list").unwrap_err();
+        assert_eq!(err.to_string(), "KAFKA_BOOTSTRAP_SERVERS is required: host:port list");
+    }
+
+    #[test]
+    fn empty_counts_as_unset() {
+        let env = Env::from_pairs([("A", "  ")]);
+        assert!(env.optional("A").is_none());
+        assert!(env.required("A", "x").is_err());
+    }
+
+    #[test]
+    fn invalid_numbers_name_the_variable_and_value() {
+        let env = Env::from_pairs([("PARTITIONS", "six")]);
+        let err = env.parse_or::<i32>("PARTITIONS", 6).unwrap_err();
+        assert!(err.to_string().starts_with("PARTITIONS=\"six\" is invalid"), "{err}");
+        assert_eq!(Env::default().parse_or::<i32>("PARTITIONS", 6).unwrap(), 6);
+    }
+
+    #[test]
+    fn one_of_lists_the_allowed_values() {
+        let env = Env::from_pairs([("MODE", "Sideways")]);
+        let err = env.one_of("MODE", &["up", "down"], "up").unwrap_err();
+        assert!(err.to_string().contains("expected one of up, down"), "{err}");
+        assert_eq!(
+            Env::from_pairs([("MODE", "DOWN")]).one_of("MODE", &["up", "down"], "up").unwrap(),
+            "down"
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_files_without_the_trailing_newline() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "s3cr3t").unwrap();
+        let env = Env::from_pairs([("API_KEY_FILE", file.path().to_str().unwrap())]);
+        assert_eq!(env.secret("API_KEY").unwrap().unwrap().expose_secret(), "s3cr3t");
+    }
+
+    #[test]
+    fn secret_errors_never_contain_the_secret() {
+        let env = Env::from_pairs([("API_KEY", "s3cr3t"), ("API_KEY_FILE", "/nowhere")]);
+        let err = env.secret("API_KEY").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("s3cr3t"));
+        let err = Env::from_pairs([("API_KEY_FILE", "/does/not/exist")]).secret("API_KEY").unwrap_err();
+        assert!(err.to_string().contains("API_KEY_FILE"), "{err}");
+        let secret = Env::from_pairs([("API_KEY", "s3cr3t")]).secret("API_KEY").unwrap().unwrap();
+        assert!(!format!("{secret:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn required_secret_names_both_variables() {
+        let err = Env::default().required_secret("JWT_SECRET", "HS256 key").unwrap_err();
+        assert_eq!(err.to_string(), "JWT_SECRET (or JWT_SECRET_FILE) is required: HS256 key");
+    }
+}

@@ -1,0 +1,308 @@
+//! Starts the stack's real dependencies for integration tests.
+//!
+//! Each service runs through the same `ci/deps/*.sh run …` script that the local stack
+//! uses, so tests and users start it the same way. Every process gets a free loopback
+//! port and a temporary directory, is waited on with a bounded health check, and is
+//! stopped when its handle is dropped. The binaries are built by `ci/test.sh`, which
+//! exports their paths (`TANSU_BIN`, `LLAMA_SERVER_BIN`, …); without them a test fails
+//! with a message saying so instead of being skipped.
+
+use std::{
+    fs::File,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use tempfile::TempDir;
+
+/// The repository root (testkit lives one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Fails unless the environment variables a service needs are set.
+pub fn require_env(vars: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = vars.iter().copied().filter(|v| std::env::var_os(v).is_none()).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} not set: run the tests through ci/test.sh, which builds the real dependencies and exports their paths",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A running child process, stopped with `stop_signal` (then SIGKILL) on drop.
+pub struct Process {
+    name: String,
+    child: Child,
+    stop_signal: Signal,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Runs `ci/deps/<script> <args…>` with output to `log`.
+    pub fn spawn_script(
+        name: &str,
+        script: &str,
+        args: &[String],
+        log: PathBuf,
+        stop_signal: Signal,
+    ) -> anyhow::Result<Self> {
+        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let path = repo_root().join("ci/deps").join(script);
+        let child = Command::new("bash")
+            .arg(&path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        Ok(Self { name: name.to_string(), child, stop_signal, log })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines the process wrote, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Fails with the log tail if the process has exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited early ({status}); its log:\n{}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready()` holds, failing after `timeout` or if the process exits.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut ready: impl FnMut() -> bool,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            if ready() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("{} not ready after {timeout:?}; its log:\n{}", self.name, self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends `signal` and waits up to `grace` for the exit, then kills.
+    pub fn stop_with(&mut self, signal: Signal, grace: Duration) -> anyhow::Result<()> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = kill(pid, signal);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        bail!("{} ignored {signal} for {grace:?} and was killed", self.name)
+    }
+
+    /// Stops the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.stop_with(self.stop_signal, Duration::from_secs(10));
+    }
+}
+
+/// True when something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// The HTTP status of `GET path` on 127.0.0.1:`port`, if anything answers.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut head = [0u8; 32];
+    let n = stream.read(&mut head).ok()?;
+    let line = std::str::from_utf8(&head[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A real Kafka-protocol broker (tansu with SQLite storage) on a free port.
+pub struct Broker {
+    process: Option<Process>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Broker {
+    /// Starts a broker with empty storage.
+    pub fn start() -> anyhow::Result<Self> {
+        require_env(&["TANSU_BIN"])?;
+        let mut broker = Self { process: None, port: free_port()?, dir: tempfile::tempdir()? };
+        broker.start_process()?;
+        Ok(broker)
+    }
+
+    fn start_process(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path().to_string_lossy().to_string();
+        let mut process = Process::spawn_script(
+            "tansu",
+            "tansu.sh",
+            &["run".into(), self.port.to_string(), dir],
+            self.dir.path().join("tansu.log"),
+            // SIGINT: tansu's SQLite engine shuts down cleanly on it; SIGTERM loses writes.
+            Signal::SIGINT,
+        )?;
+        let port = self.port;
+        process.wait_until(Duration::from_secs(30), || port_open(port))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker with SIGINT (a clean shutdown) and keeps its storage.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.stop_with(Signal::SIGINT, Duration::from_secs(15))?;
+        }
+        Ok(())
+    }
+
+    /// Starts the broker again on the same port and storage.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.process.is_none() {
+            self.start_process()?;
+        }
+        Ok(())
+    }
+}
+
+/// The Qdrant engine server (dev/qdrant-dev-server) on a free port.
+pub struct QdrantServer {
+    process: Option<Process>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl QdrantServer {
+    /// Starts a server with an empty data directory.
+    pub fn start() -> anyhow::Result<Self> {
+        require_env(&["QDRANT_DEV_SERVER_BIN"])?;
+        let mut server = Self { process: None, port: free_port()?, dir: tempfile::tempdir()? };
+        server.start_process()?;
+        Ok(server)
+    }
+
+    fn start_process(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.path().join("data").to_string_lossy().to_string();
+        let mut process = Process::spawn_script(
+            "qdrant-dev-server",
+            "qdrant.sh",
+            &["run".into(), self.port.to_string(), data],
+            self.dir.path().join("qdrant.log"),
+            Signal::SIGTERM,
+        )?;
+        let port = self.port;
+        process.wait_until(Duration::from_secs(30), || port_open(port))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// The gRPC URL for `qdrant-client`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.stop_with(Signal::SIGTERM, Duration::from_secs(15))?;
+        }
+        self.start_process()
+    }
+}
+
+/// llama.cpp's llama-server with a real tiny model, on a free port.
+pub struct LlamaServer {
+    _process: Process,
+    port: u16,
+    _dir: TempDir,
+    /// How long the model took to load.
+    pub startup: Duration,
+}
+
+impl LlamaServer {
+    /// Serves SmolLM2-135M-Instruct for chat completions (model name `smollm2`).
+    pub fn chat() -> anyhow::Result<Self> {
+        Self::start("run-chat", &["LLAMA_SERVER_BIN", "CHAT_MODEL_GGUF"])
+    }
+
+    /// Serves all-MiniLM-L6-v2 for `/v1/embeddings` (model name `all-minilm-l6-v2`).
+    pub fn embeddings() -> anyhow::Result<Self> {
+        Self::start("run-embed", &["LLAMA_SERVER_BIN", "EMBED_MODEL_GGUF"])
+    }
+
+    fn start(mode: &str, vars: &[&str]) -> anyhow::Result<Self> {
+        require_env(vars)?;
+        let port = free_port()?;
+        let dir = tempfile::tempdir()?;
+        let mut process = Process::spawn_script(
+            "llama-server",
+            "llama.sh",
+            &[mode.into(), port.to_string()],
+            dir.path().join("llama.log"),
+            Signal::SIGTERM,
+        )?;
+        // /health answers 503 while the model loads and 200 once it can serve.
+        let startup =
+            process.wait_until(Duration::from_secs(60), || http_status(port, "/health") == Some(200))?;
+        Ok(Self { _process: process, port, _dir: dir, startup })
+    }
+
+    /// The OpenAI-compatible base URL (with `/v1`).
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
