@@ -46,6 +46,7 @@ async fn consume(settings: &KafkaSettings, group: &str, stop_after: usize, idle:
     let consumer: StreamConsumer = settings.stream_consumer(group).expect("consumer");
     consumer.subscribe(&[topics::USER_MESSAGES]).expect("subscribe");
     let mut seen = Vec::new();
+    let joining = std::time::Instant::now();
     // The first read includes the group join, which takes seconds.
     let mut wait = Duration::from_secs(30);
     while seen.len() < stop_after {
@@ -53,6 +54,9 @@ async fn consume(settings: &KafkaSettings, group: &str, stop_after: usize, idle:
         let record = received.expect("a record");
         let msg: UserMessage = decode(record.payload().expect("payload")).expect("a user message");
         assert!(TraceParent::from_headers(record.headers()).is_some(), "traceparent header missing");
+        if seen.is_empty() {
+            eprintln!("group {group}: first record {:?} after subscribing (group join)", joining.elapsed());
+        }
         seen.push(msg.message_id);
         consumer.commit_message(&record, CommitMode::Sync).expect("commit");
         wait = idle;
