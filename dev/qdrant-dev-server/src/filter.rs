@@ -227,12 +227,19 @@ mod tests {
             must_not: vec![Condition::matches("role", "system".to_string())],
             min_should: None,
         };
-        let filter = convert(filter).expect("valid filter");
-        let json = serde_json::to_value(&filter).expect("serialisable");
-        assert_eq!(json["must"][3]["range"], json!({ "gte": 1.0, "lt": 9.5 }));
-        assert_eq!(json["must"][2]["match"], json!({ "any": ["x", "y"] }));
-        assert_eq!(json["must_not"][0]["match"], json!({ "value": "system" }));
-        assert_eq!(json["should"].as_array().map(Vec::len), Some(2));
+        let expected: Filter = serde_json::from_value(json!({
+            "must": [
+                { "key": "n", "match": { "value": 3 } },
+                { "key": "flag", "match": { "value": true } },
+                { "key": "tag", "match": { "any": ["x", "y"] } },
+                { "key": "ts", "range": { "gte": 1.0, "lt": 9.5 } },
+                { "has_id": [1, 2] },
+            ],
+            "should": [{ "is_empty": { "key": "maybe" } }, { "is_null": { "key": "gone" } }],
+            "must_not": [{ "key": "role", "match": { "value": "system" } }],
+        }))
+        .expect("the REST form parses");
+        assert_eq!(convert(filter).expect("valid filter"), expected);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use qdrant_client::qdrant::collections_server::CollectionsServer;
 use qdrant_client::qdrant::points_server::PointsServer;
 use qdrant_client::qdrant::qdrant_server::QdrantServer;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
@@ -56,13 +57,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging()?;
+    let mut signals = ShutdownSignals::listen()?;
 
     let data_dir = args.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
@@ -101,8 +97,8 @@ async fn main() -> anyhow::Result<()> {
     let mut server = tokio::spawn(server);
 
     tokio::select! {
-        signal = shutdown_signal() => {
-            tracing::info!(signal = %signal?, "shutting down");
+        signal = signals.recv() => {
+            tracing::info!(signal, "shutting down");
             let _ = stop_tx.send(());
             match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
                 Ok(result) => result.context("gRPC server task failed")?.context("gRPC server failed")?,
@@ -122,15 +118,42 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves with the name of the first SIGINT or SIGTERM received.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => {
-            result.context("cannot listen for SIGINT")?;
-            Ok("SIGINT")
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // qdrant-edge warns on every start that process-wide settings a Qdrant server
+    // initialises (feature flags, a multi-mmap probe) were not set. They live in a
+    // private module, so nothing outside the crate can set them, and the defaults it
+    // falls back to suit a single local shard: the warnings are noise here.
+    for quiet in ["qdrant_edge::common::flags=error", "qdrant_edge::common::mmap=error"] {
+        filter = filter.add_directive(quiet.parse().context("built-in log directive")?);
+    }
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, listened for from the start so that a signal arriving while
+/// the server is still starting up is not lost (or fatal: the default action would
+/// kill the process without the final flush).
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignals {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Resolves with the name of the first signal received.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
         }
-        _ = terminate.recv() => Ok("SIGTERM"),
     }
 }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use qdrant_client::qdrant::{
     point_id::PointIdOptions, Condition, CountPointsBuilder, CreateCollectionBuilder,
-    CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Distance, FieldType, Filter, GetPointsBuilder,
-    PayloadSchemaType, PointId, PointStruct, PointsIdsList, Query, QueryPointsBuilder,
-    RecommendPointsBuilder, ScoredPoint, ScrollPointsBuilder, SearchPointsBuilder, UpsertPointsBuilder,
-    VectorParamsBuilder,
+    CreateFieldIndexCollectionBuilder, DeletePointsBuilder, Direction, Distance, FieldType, Filter,
+    GetPointsBuilder, OrderByBuilder, PayloadSchemaType, PointId, PointStruct, PointsIdsList, Query,
+    QueryPointsBuilder, RecommendPointsBuilder, ScoredPoint, ScrollPointsBuilder, SearchPointsBuilder,
+    UpsertPointsBuilder, VectorParamsBuilder,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use serde_json::json;
@@ -220,11 +220,17 @@ async fn memory_calls_round_trip_and_survive_restarts() {
         .await;
     assert!(again.is_err(), "creating an existing collection must fail");
 
-    for field in ["conversation_id", "user_id"] {
+    // Keyword indexes for the filters, an integer one for ordering by time.
+    let indexes = [
+        ("conversation_id", FieldType::Keyword),
+        ("user_id", FieldType::Keyword),
+        ("ts", FieldType::Integer),
+    ];
+    for (field, kind) in indexes {
         step(
             "create field index",
             client.create_field_index(
-                CreateFieldIndexCollectionBuilder::new(COLLECTION, field, FieldType::Keyword).wait(true),
+                CreateFieldIndexCollectionBuilder::new(COLLECTION, field, kind).wait(true),
             ),
         )
         .await;
@@ -237,12 +243,16 @@ async fn memory_calls_round_trip_and_survive_restarts() {
     let info =
         step("collection info", client.collection_info(COLLECTION)).await.result.expect("collection info");
     assert_eq!(info.points_count, Some(5));
-    for field in ["conversation_id", "user_id"] {
+    for (field, kind) in indexes {
         let schema = info
             .payload_schema
             .get(field)
             .unwrap_or_else(|| panic!("no payload index on {field}: {:?}", info.payload_schema));
-        assert_eq!(schema.data_type, PayloadSchemaType::Keyword as i32);
+        let expected = match kind {
+            FieldType::Integer => PayloadSchemaType::Integer,
+            _ => PayloadSchemaType::Keyword,
+        };
+        assert_eq!(schema.data_type, expected as i32, "index type of {field}");
     }
 
     // Filtered query: only user a, best match first.
@@ -335,6 +345,46 @@ async fn memory_calls_round_trip_and_survive_restarts() {
     let expected: HashSet<String> = MEMORIES[3..].iter().map(id_of).collect();
     assert_eq!(seen, expected, "scroll returns exactly the conversation's points");
 
+    // A conversation's recent turns: newest first, by the integer-indexed `ts`.
+    let recent = step(
+        "scroll ordered by ts",
+        client.scroll(
+            ScrollPointsBuilder::new(COLLECTION)
+                .filter(Filter::must([Condition::matches("conversation_id", "c1".to_string())]))
+                .order_by(OrderByBuilder::new("ts").direction(Direction::Desc as i32))
+                .limit(10)
+                .with_payload(true),
+        ),
+    )
+    .await
+    .result;
+    assert_eq!(
+        recent.iter().map(|p| uuid_of(&p.id)).collect::<Vec<_>>(),
+        vec![id_of(&MEMORIES[1]), id_of(&MEMORIES[0])],
+        "newest turn first"
+    );
+    // The same through Query: an order_by query, and a query-less one (a filtered scroll).
+    let newest = step(
+        "query ordered by ts",
+        client.query(
+            QueryPointsBuilder::new(COLLECTION)
+                .query(Query::new_order_by(OrderByBuilder::new("ts").direction(Direction::Desc as i32)))
+                .filter(Filter::must([Condition::matches("conversation_id", "c1".to_string())]))
+                .limit(1),
+        ),
+    )
+    .await
+    .result;
+    assert_eq!(newest.iter().map(|p| uuid_of(&p.id)).collect::<Vec<_>>(), vec![id_of(&MEMORIES[1])]);
+    let all_of_a = step(
+        "query without a query",
+        client.query(QueryPointsBuilder::new(COLLECTION).filter(user_filter("a")).limit(10)),
+    )
+    .await
+    .result;
+    let all_of_a: HashSet<String> = all_of_a.iter().map(|p| uuid_of(&p.id)).collect();
+    assert_eq!(all_of_a, MEMORIES[..3].iter().map(id_of).collect::<HashSet<_>>());
+
     // Get by id, with payload.
     let got = step(
         "get points",
@@ -376,9 +426,16 @@ async fn memory_calls_round_trip_and_survive_restarts() {
         other => panic!("recommend must be unimplemented, got {other:?}"),
     }
 
-    // A clean stop flushes; a restart on the same data dir sees the same data.
-    drop(client);
+    // A clean stop flushes; a restart on the same data dir sees the same data. The
+    // client stays connected, as the product's does when the server restarts under it.
+    let stopping = Instant::now();
     let status = server.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "an idle client connection must not hold up shutdown (took {:?})",
+        stopping.elapsed()
+    );
+    drop(client);
     assert!(status.success(), "server exits cleanly on SIGTERM: {status}");
 
     let server = Server::start(data.path());
@@ -418,6 +475,108 @@ async fn memory_calls_round_trip_and_survive_restarts() {
     assert!(!step("collection_exists after delete", client.collection_exists(COLLECTION)).await);
     let names = step("list collections", client.list_collections()).await;
     assert!(names.collections.is_empty(), "{:?}", names.collections);
+    drop(client);
+    assert!(server.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_leave_the_server_working() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(data.path());
+    let client = server.client();
+    step(
+        "create collection",
+        client.create_collection(
+            CreateCollectionBuilder::new(COLLECTION)
+                .vectors_config(VectorParamsBuilder::new(4, Distance::Dot)),
+        ),
+    )
+    .await;
+
+    let code_of = |result: Result<_, QdrantError>| match result {
+        Err(QdrantError::ResponseError { status }) => status.code(),
+        Err(other) => panic!("expected a gRPC status, got {other}"),
+        Ok(_) => panic!("expected an error"),
+    };
+
+    let wrong_size = PointStruct::new(1_u64, vec![1.0, 2.0], qdrant_client::Payload::new());
+    let upsert =
+        client.upsert_points(UpsertPointsBuilder::new(COLLECTION, vec![wrong_size]).wait(true)).await;
+    assert_eq!(code_of(upsert.map(|_| ())), tonic::Code::InvalidArgument, "wrong vector size");
+
+    let query = client.query(QueryPointsBuilder::new(COLLECTION).query(Query::new_nearest(vec![1.0]))).await;
+    assert_eq!(code_of(query.map(|_| ())), tonic::Code::InvalidArgument, "wrong query size");
+
+    let missing = client.count(CountPointsBuilder::new("missing")).await;
+    assert_eq!(code_of(missing.map(|_| ())), tonic::Code::NotFound, "unknown collection");
+
+    let bad_name = client
+        .create_collection(
+            CreateCollectionBuilder::new("../escape")
+                .vectors_config(VectorParamsBuilder::new(4, Distance::Dot)),
+        )
+        .await;
+    assert_eq!(code_of(bad_name.map(|_| ())), tonic::Code::InvalidArgument, "path-like name");
+    assert!(!data.path().parent().expect("temp dir has a parent").join("escape").exists());
+
+    let unordered =
+        client.scroll(ScrollPointsBuilder::new(COLLECTION).order_by(OrderByBuilder::new("ts"))).await;
+    assert_eq!(code_of(unordered.map(|_| ())), tonic::Code::InvalidArgument, "order_by needs an index");
+
+    // Still serving: a valid write and read go through.
+    let good = PointStruct::new(1_u64, vec![1.0, 0.0, 0.0, 0.0], qdrant_client::Payload::new());
+    step("upsert", client.upsert_points(UpsertPointsBuilder::new(COLLECTION, vec![good]).wait(true))).await;
+    assert_eq!(count(&client, None).await, 1);
+    drop(client);
+    assert!(server.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_and_reads_are_all_applied() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(data.path());
+    let client = std::sync::Arc::new(server.client());
+    step(
+        "create collection",
+        client.create_collection(
+            CreateCollectionBuilder::new(COLLECTION)
+                .vectors_config(VectorParamsBuilder::new(4, Distance::Cosine)),
+        ),
+    )
+    .await;
+
+    const WRITERS: u64 = 4;
+    const PER_WRITER: u64 = 25;
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let id = writer * PER_WRITER + i;
+                let payload = json!({ "user_id": format!("u{writer}"), "n": id });
+                let point = PointStruct::new(
+                    id,
+                    vec![1.0, id as f32, 0.5, 0.0],
+                    qdrant_client::Payload::try_from(payload).expect("payload is an object"),
+                );
+                step(
+                    "concurrent upsert",
+                    client.upsert_points(UpsertPointsBuilder::new(COLLECTION, vec![point])),
+                )
+                .await;
+                // Reads interleave with the writes of the other tasks.
+                let mine = count(&client, Some(user_filter(&format!("u{writer}")))).await;
+                assert_eq!(mine, i + 1, "writer {writer} sees each of its writes at once");
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("writers finish within 120 s")
+            .expect("writer task succeeded");
+    }
+    assert_eq!(count(&client, None).await, WRITERS * PER_WRITER);
     drop(client);
     assert!(server.stop().success());
 }
