@@ -78,9 +78,11 @@ if [ -z "${EMBEDDINGS_BASE_URL:-}" ]; then
 fi
 
 log "building the stack's binaries"
-run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --release --locked -p gateway
+# The debug profile shares its artefacts with ci/test.sh, so a machine that ran the
+# tests starts the stack in seconds.
+run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway
 log "preparing topics and consumer groups"
-"$CARGO_TARGET_DIR/release/gateway" init --timeout-secs 30
+LOG_FORMAT=text "$CARGO_TARGET_DIR/debug/gateway" init --timeout-secs 30
 
 cat <<MSG
 
