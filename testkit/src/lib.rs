@@ -165,6 +165,16 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Runs `ci/deps/<script> run PORT DIR/data` and waits (bounded) until it listens.
+fn run_listening(name: &str, script: &str, port: u16, dir: &Path, stop: Signal) -> anyhow::Result<Process> {
+    let data = dir.join("data").to_string_lossy().to_string();
+    let log = dir.join(format!("{name}.log"));
+    let mut process =
+        Process::spawn_script(name, script, &["run".into(), port.to_string(), data], log, stop)?;
+    process.wait_until(Duration::from_secs(30), || port_open(port))?;
+    Ok(process)
+}
+
 /// A real Kafka-protocol broker (tansu with SQLite storage) on a free port.
 pub struct Broker {
     process: Option<Process>,
@@ -182,17 +192,8 @@ impl Broker {
     }
 
     fn start_process(&mut self) -> anyhow::Result<()> {
-        let dir = self.dir.path().to_string_lossy().to_string();
-        let mut process = Process::spawn_script(
-            "tansu",
-            "tansu.sh",
-            &["run".into(), self.port.to_string(), dir],
-            self.dir.path().join("tansu.log"),
-            // SIGINT: tansu's SQLite engine shuts down cleanly on it; SIGTERM loses writes.
-            Signal::SIGINT,
-        )?;
-        let port = self.port;
-        process.wait_until(Duration::from_secs(30), || port_open(port))?;
+        // SIGINT: tansu's SQLite engine shuts down cleanly on it; SIGTERM loses writes.
+        let process = run_listening("tansu", "tansu.sh", self.port, self.dir.path(), Signal::SIGINT)?;
         self.process = Some(process);
         Ok(())
     }
@@ -236,16 +237,8 @@ impl QdrantServer {
     }
 
     fn start_process(&mut self) -> anyhow::Result<()> {
-        let data = self.dir.path().join("data").to_string_lossy().to_string();
-        let mut process = Process::spawn_script(
-            "qdrant-dev-server",
-            "qdrant.sh",
-            &["run".into(), self.port.to_string(), data],
-            self.dir.path().join("qdrant.log"),
-            Signal::SIGTERM,
-        )?;
-        let port = self.port;
-        process.wait_until(Duration::from_secs(30), || port_open(port))?;
+        let process =
+            run_listening("qdrant-dev-server", "qdrant.sh", self.port, self.dir.path(), Signal::SIGTERM)?;
         self.process = Some(process);
         Ok(())
     }
