@@ -73,7 +73,13 @@ pub async fn run(settings: &KafkaSettings, plan: &Plan, deadline_after: Duration
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        match run_once(settings, plan).await {
+        // Bound each attempt too: librdkafka waits long for an unreachable broker, and
+        // `deadline_after` is a promise to the caller (a Job's or a script's timeout).
+        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let attempt_result = tokio::time::timeout(remaining, run_once(settings, plan))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer from the brokers within {remaining:?}")));
+        match attempt_result {
             Ok(report) => return Ok(report),
             Err(err) if Instant::now() < deadline => {
                 tracing::warn!(attempt, error = format!("{err:#}"), "bootstrap failed, retrying");
@@ -109,7 +115,9 @@ async fn create_topics(settings: &KafkaSettings, plan: &Plan, report: &mut Repor
         .iter()
         .map(|t| NewTopic::new(t, plan.partitions, TopicReplication::Fixed(plan.replication)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics(&new_topics, &options).await.context("creating topics")?;
     for result in results {
         match result {
