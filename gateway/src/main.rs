@@ -1,13 +1,34 @@
-//! The chat stack's gateway binary.
+//! The chat stack's gateway: the only always-on service.
 //!
+//! `gateway serve` takes chat messages (`POST /chat`), writes them to `user_messages`,
+//! and streams replies (`GET /stream`, SSE) that it relays from `model_responses`.
 //! `gateway init` prepares the broker (topics, dead-letter topics, handler groups'
 //! offsets); it runs as a Kubernetes Job on deploy and on every local start.
+
+mod auth;
+mod conversation_id;
+mod error;
+mod hub;
+mod idempotency;
+mod relay;
+mod routes;
+mod settings;
+mod state;
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use metrics_exporter_prometheus::PrometheusBuilder;
 use platform::{bootstrap, kafka::KafkaSettings, settings::Env, telemetry, topics};
+use rdkafka::producer::Producer;
+use tokio::{
+    net::TcpListener,
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+
+use crate::{auth::Authenticator, settings::GatewaySettings, state::AppState};
 
 /// The always-on service of the event-driven chat stack.
 #[derive(Parser)]
@@ -19,6 +40,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API (settings from the environment; see the README).
+    Serve,
     /// Create the stack's topics and give the handler groups committed offsets (idempotent).
     ///
     /// Reads KAFKA_BOOTSTRAP_SERVERS and the other KAFKA_* settings.
@@ -43,7 +66,13 @@ async fn main() -> ExitCode {
         eprintln!("gateway: configuration error: {err}");
         return ExitCode::from(2);
     }
-    match run(cli, &env).await {
+    let result = match cli.command {
+        Command::Serve => serve(&env).await,
+        Command::Init { partitions, replication, timeout_secs } => {
+            init(&env, partitions, replication, timeout_secs).await
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "gateway failed");
@@ -53,19 +82,89 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Init { partitions, replication, timeout_secs } => {
-            let kafka = KafkaSettings::from_env(env, "gateway-init").context("configuration error")?;
-            let plan = bootstrap::Plan::stack(partitions, replication);
-            let report = bootstrap::run(&kafka, &plan, Duration::from_secs(timeout_secs)).await?;
-            tracing::info!(
-                created = ?report.created,
-                existing = ?report.existing,
-                initialised_partitions = report.initialised.len(),
-                "broker ready for the chat stack"
-            );
-            Ok(())
+async fn init(env: &Env, partitions: i32, replication: i32, timeout_secs: u64) -> anyhow::Result<()> {
+    let kafka = KafkaSettings::from_env(env, "gateway-init").context("configuration error")?;
+    let plan = bootstrap::Plan::stack(partitions, replication);
+    let report = bootstrap::run(&kafka, &plan, Duration::from_secs(timeout_secs)).await?;
+    tracing::info!(
+        created = ?report.created,
+        existing = ?report.existing,
+        initialised_partitions = report.initialised.len(),
+        "broker ready for the chat stack"
+    );
+    Ok(())
+}
+
+async fn serve(env: &Env) -> anyhow::Result<()> {
+    let settings = GatewaySettings::from_env(env).context("configuration error")?;
+    let auth = Authenticator::from_env(env).context("configuration error")?;
+    if auth.is_disabled() {
+        tracing::warn!("AUTH=disabled: every request acts as user 'anonymous'; never run this way outside local development");
+    }
+    let metrics = PrometheusBuilder::new()
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let producer = settings.kafka.producer()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = AppState::new(&settings, auth, producer.clone(), metrics, shutdown_rx.clone());
+
+    let relay = tokio::spawn(relay::run(state.clone(), shutdown_rx.clone()));
+    tokio::spawn(sweep(state.clone(), shutdown_rx.clone()));
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(address = %settings.listen, "gateway listening");
+    let app = routes::router(state, settings.request_timeout);
+    let mut shutdown_signal = shutdown_rx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, streams end with a final event");
+        let _ = shutdown_tx.send(true);
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown_signal.wait_for(|down| *down).await;
+        })
+        .await
+        .context("serving HTTP")?;
+    let _ = relay.await;
+    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))
+        .await
+        .context("flush task panicked")?
+        .context("flushing the producer")?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Forgets idle conversations and idle rate-limit keys, so memory stays bounded.
+async fn sweep(state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
         }
+        state.hub.sweep();
+        if let Some(limiter) = &state.rate_limiter {
+            limiter.retain_recent();
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }

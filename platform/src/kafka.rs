@@ -43,6 +43,10 @@ pub struct KafkaSettings {
     pub produce_timeout: Duration,
     /// `KAFKA_CLIENT_ID`: shown in broker logs and metrics.
     pub client_id: String,
+    /// `KAFKA_IDEMPOTENCE` (default true). Only for brokers that mishandle idempotent
+    /// producers: tansu 0.6.0 panics on the first write after a producer's epoch bump
+    /// (which follows any write that timed out), see docs/DEPENDENCIES.md.
+    pub idempotence: bool,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for KafkaSettings {
             .field("sasl_username", &self.sasl_username)
             .field("produce_timeout", &self.produce_timeout)
             .field("client_id", &self.client_id)
+            .field("idempotence", &self.idempotence)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +131,7 @@ impl KafkaSettings {
             ssl_client_cert,
             produce_timeout: Duration::from_millis(produce_timeout_ms),
             client_id: env.optional("KAFKA_CLIENT_ID").unwrap_or_else(|| service.to_string()),
+            idempotence: env.parse_or("KAFKA_IDEMPOTENCE", true)?,
         })
     }
 
@@ -141,6 +147,7 @@ impl KafkaSettings {
             ssl_client_cert: None,
             produce_timeout: Duration::from_secs(5),
             client_id: "chat-stack".into(),
+            idempotence: true,
         }
     }
 
@@ -174,13 +181,17 @@ impl KafkaSettings {
     /// An idempotent `acks=all` producer whose writes give up after `produce_timeout`.
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = self.base_config();
-        c.set("enable.idempotence", "true")
+        c.set("enable.idempotence", self.idempotence.to_string())
             .set("acks", "all")
             // A couple of milliseconds of batching lifts throughput under load at a
             // latency cost far below an LLM's first token.
             .set("linger.ms", "2")
             .set("compression.type", "lz4")
             .set("message.timeout.ms", self.produce_timeout.as_millis().to_string());
+        if !self.idempotence {
+            // Without idempotence, one request in flight keeps retries in order.
+            c.set("max.in.flight.requests.per.connection", "1");
+        }
         c
     }
 
@@ -272,6 +283,17 @@ mod tests {
         assert_eq!(get(&c, "group.id"), Some("responder"));
         assert_eq!(get(&c, "enable.auto.commit"), Some("false"));
         assert!(get(&c, "sasl.password").is_none());
+    }
+
+    #[test]
+    fn idempotence_can_be_turned_off_for_brokers_that_mishandle_it() {
+        let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "b:9092"), ("KAFKA_IDEMPOTENCE", "false")]);
+        let p = KafkaSettings::from_env(&env, "x").unwrap().producer_config();
+        assert_eq!(get(&p, "enable.idempotence"), Some("false"));
+        assert_eq!(get(&p, "acks"), Some("all"));
+        assert_eq!(get(&p, "max.in.flight.requests.per.connection"), Some("1"));
+        let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "b:9092"), ("KAFKA_IDEMPOTENCE", "maybe")]);
+        assert!(KafkaSettings::from_env(&env, "x").is_err());
     }
 
     #[test]

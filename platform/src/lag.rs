@@ -8,10 +8,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
-    Offset, TopicPartitionList,
-};
+use rdkafka::{consumer::Consumer, Offset, TopicPartitionList};
 
 /// What KEDA assumes a consumer does when its group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +44,7 @@ pub fn keda_partition_lag(committed: Option<i64>, log_end: i64, policy: OffsetRe
 }
 
 /// The partition numbers of `topic`, from the broker's metadata.
-pub fn partitions(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+pub fn partitions(consumer: &impl Consumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("fetching metadata of topic {topic}"))?;
@@ -62,7 +59,7 @@ pub fn partitions(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> an
 
 /// The committed offsets of `consumer`'s group for every partition of `topics`.
 pub fn committed_offsets(
-    consumer: &BaseConsumer,
+    consumer: &impl Consumer,
     topics: &[&str],
     timeout: Duration,
 ) -> anyhow::Result<Vec<(String, i32, Option<i64>)>> {
@@ -89,7 +86,7 @@ pub fn committed_offsets(
 
 /// The lag of `consumer`'s group on every partition of `topics`, as KEDA sees it.
 pub fn group_lag(
-    consumer: &BaseConsumer,
+    consumer: &impl Consumer,
     topics: &[&str],
     policy: OffsetResetPolicy,
     timeout: Duration,

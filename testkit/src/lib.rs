@@ -17,10 +17,8 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use nix::{
-    sys::signal::{kill, Signal},
-    unistd::Pid,
-};
+pub use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tempfile::TempDir;
 
 /// The repository root (testkit lives one level below it).
@@ -63,18 +61,46 @@ impl Process {
         log: PathBuf,
         stop_signal: Signal,
     ) -> anyhow::Result<Self> {
+        let mut command = Command::new("bash");
+        command.arg(repo_root().join("ci/deps").join(script)).args(args);
+        Self::spawn(name, command, log, stop_signal)
+    }
+
+    /// Runs `command` with output to `log`.
+    pub fn spawn(
+        name: &str,
+        mut command: Command,
+        log: PathBuf,
+        stop_signal: Signal,
+    ) -> anyhow::Result<Self> {
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
-        let path = repo_root().join("ci/deps").join(script);
-        let child = Command::new("bash")
-            .arg(&path)
-            .args(args)
+        let child = command
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("starting {}", path.display()))?;
+            .with_context(|| format!("starting {name}"))?;
         Ok(Self { name: name.to_string(), child, stop_signal, log })
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} still running after {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
     }
 
     /// The process id.
@@ -86,7 +112,8 @@ impl Process {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let tail = std::env::var("TESTKIT_LOG_LINES").ok().and_then(|n| n.parse().ok()).unwrap_or(30);
+        lines[lines.len().saturating_sub(tail)..].join("\n")
     }
 
     /// Fails with the log tail if the process has exited.
@@ -201,6 +228,11 @@ impl Broker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The last lines of the broker's log.
+    pub fn log_tail(&self) -> String {
+        self.process.as_ref().map(Process::log_tail).unwrap_or_default()
     }
 
     /// Stops the broker with SIGINT (a clean shutdown) and keeps its storage.

@@ -1,0 +1,133 @@
+//! Who is calling: JWT bearer tokens (HS256 shared secret or RS256 public key).
+//!
+//! The user id is the token's `sub`. `exp` is required. Browsers' `EventSource` cannot
+//! set headers, so a token may also come as the `access_token` query parameter (on
+//! `/stream`); prefer the header elsewhere, since URLs end up in access logs.
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use platform::settings::{Env, SettingsError};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+use crate::{error::ApiError, state::AppState};
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The token's subject; every conversation and memory is scoped to it.
+    pub id: String,
+}
+
+/// The user every request acts as when `AUTH=disabled`.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Longest user id accepted: it is part of every event and Qdrant payload.
+const MAX_USER_ID_LEN: usize = 256;
+
+/// Checks bearer tokens.
+pub enum Authenticator {
+    /// No checks: every caller is [`ANONYMOUS`]. Local development only.
+    Disabled,
+    /// JWT with a fixed key and validation rules.
+    Jwt {
+        /// Verification key.
+        key: Box<DecodingKey>,
+        /// Algorithm, expiry, issuer and audience rules.
+        validation: Box<Validation>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+impl Authenticator {
+    /// Reads `AUTH`, `JWT_ALGORITHM`, `JWT_SECRET[_FILE]`, `JWT_PUBLIC_KEY_FILE`,
+    /// `JWT_ISSUER` and `JWT_AUDIENCE`.
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        if env.one_of("AUTH", &["jwt", "disabled"], "jwt")? == "disabled" {
+            return Ok(Self::Disabled);
+        }
+        let algorithm = env.one_of("JWT_ALGORITHM", &["hs256", "rs256"], "hs256")?;
+        let (key, mut validation) = if algorithm == "hs256" {
+            let secret = env.required_secret("JWT_SECRET", "the HS256 key that signs user tokens")?;
+            if secret.expose_secret().len() < 32 {
+                return Err(SettingsError::Invalid {
+                    name: "JWT_SECRET".into(),
+                    value: "(hidden)".into(),
+                    reason: "must be at least 32 bytes".into(),
+                });
+            }
+            (DecodingKey::from_secret(secret.expose_secret().as_bytes()), Validation::new(Algorithm::HS256))
+        } else {
+            let path = env.required("JWT_PUBLIC_KEY_FILE", "PEM file with the RS256 public key")?;
+            let pem = std::fs::read(&path).map_err(|e| SettingsError::Invalid {
+                name: "JWT_PUBLIC_KEY_FILE".into(),
+                value: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| SettingsError::Invalid {
+                name: "JWT_PUBLIC_KEY_FILE".into(),
+                value: path,
+                reason: format!("not an RSA public key in PEM form: {e}"),
+            })?;
+            (key, Validation::new(Algorithm::RS256))
+        };
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(issuer) = env.optional("JWT_ISSUER") {
+            validation.set_issuer(&[issuer]);
+        }
+        match env.optional("JWT_AUDIENCE") {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self::Jwt { key: Box::new(key), validation: Box::new(validation) })
+    }
+
+    /// True when tokens are not checked.
+    pub fn is_disabled(&self) -> bool {
+        matches!(self, Self::Disabled)
+    }
+
+    /// The user a token belongs to, or a 401 saying why not.
+    pub fn authenticate(&self, token: Option<&str>) -> Result<User, ApiError> {
+        let (key, validation) = match self {
+            Self::Disabled => return Ok(User { id: ANONYMOUS.into() }),
+            Self::Jwt { key, validation } => (key, validation),
+        };
+        let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        let data = decode::<Claims>(token, key, validation)
+            .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+        let id = data.claims.sub;
+        if id.is_empty() || id.len() > MAX_USER_ID_LEN || id.chars().any(char::is_control) {
+            return Err(ApiError::unauthorized("invalid token: unusable subject"));
+        }
+        Ok(User { id })
+    }
+}
+
+/// The bearer token of a request: the `Authorization` header, else `access_token`.
+fn token_of(parts: &Parts) -> Option<String> {
+    if let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+    }
+    let query = axum::extract::Query::<TokenQuery>::try_from_uri(&parts.uri).ok()?;
+    query.0.access_token
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    access_token: Option<String>,
+}
+
+impl FromRequestParts<AppState> for User {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.auth.authenticate(token_of(parts).as_deref())
+    }
+}

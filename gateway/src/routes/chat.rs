@@ -1,0 +1,152 @@
+//! `POST /chat`: accept a message, answer 202 once the broker has it.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{rejection::JsonRejection, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use governor::clock::{Clock, DefaultClock};
+use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{auth::User, error::ApiError, idempotency::Entry, state::AppState};
+
+/// Namespace of message ids derived from an `Idempotency-Key`.
+const IDEMPOTENT_MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x1de6_0d0e_6b1e_4c3a_9f0e_6d65_7373_6167);
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// The body of `POST /chat`.
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    /// Continue this conversation; omit to start a new one.
+    pub conversation_id: Option<Uuid>,
+    /// The message.
+    pub text: String,
+}
+
+/// `POST /chat`.
+pub async fn post_chat(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    body: Result<Json<ChatRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    metrics::counter!("gateway_chat_requests_total").increment(1);
+    let started = Instant::now();
+    let Json(request) = body?;
+    validate_text(&request.text, state.max_text_bytes)?;
+    let conversation_id = match request.conversation_id {
+        Some(id) if state.ids.is_owned_by(&id, &user.id) => id,
+        Some(_) => return Err(ApiError::unknown_conversation()),
+        None => state.ids.issue(&user.id),
+    };
+
+    let idempotency_key = idempotency_key(&headers)?;
+    let fingerprint = fingerprint(request.conversation_id, &request.text);
+    if let Some(key) = &idempotency_key {
+        if let Some(previous) = state.idempotency.get(&user.id, key) {
+            if previous.request != fingerprint {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used for a different request",
+                ));
+            }
+            return Ok((StatusCode::ACCEPTED, Json(previous.answer)).into_response());
+        }
+    }
+    rate_limit(&state, &user)?;
+
+    let mut message = UserMessage::new(conversation_id, user.id.clone(), request.text);
+    if let Some(key) = &idempotency_key {
+        // Retries that reach another replica carry the same id, so downstream
+        // idempotence (memory point ids, the stream's attempt handling) applies.
+        let name = format!("{}\n{key}", user.id);
+        message.message_id = Uuid::new_v5(&IDEMPOTENT_MESSAGE_NAMESPACE, name.as_bytes());
+    }
+    let trace = TraceParent::new_root();
+    let span = tracing::info_span!("chat", message_id = %message.message_id,
+        conversation_id = %conversation_id, trace_id = %trace.trace_id_hex());
+
+    let produce_started = Instant::now();
+    let produced = publish(&state.producer, &message, &trace, state.kafka.produce_timeout)
+        .instrument(span.clone())
+        .await;
+    metrics::histogram!("gateway_produce_seconds").record(produce_started.elapsed().as_secs_f64());
+    if let Err(err) = produced {
+        metrics::counter!("gateway_chat_unavailable_total").increment(1);
+        span.in_scope(
+            || tracing::warn!(error = %err, "broker did not acknowledge the message; answering 503"),
+        );
+        return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
+    }
+    let answer = json!({
+        "message_id": message.message_id,
+        "conversation_id": conversation_id,
+        "stream_url": format!("/stream?conversation_id={conversation_id}"),
+    });
+    if let Some(key) = &idempotency_key {
+        state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: answer.clone() });
+    }
+    span.in_scope(|| tracing::info!("message accepted"));
+    metrics::histogram!("gateway_chat_seconds").record(started.elapsed().as_secs_f64());
+    Ok((StatusCode::ACCEPTED, Json::<Value>(answer)).into_response())
+}
+
+fn validate_text(text: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_text", "text must not be empty"));
+    }
+    if text.len() > max_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text_too_long",
+            format!("text is {} bytes; the limit is {max_bytes}", text.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+fn fingerprint(conversation_id: Option<Uuid>, text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    conversation_id.hash(&mut h);
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
+    let Some(limiter) = &state.rate_limiter else { return Ok(()) };
+    limiter.check_key(&user.id).map_err(|not_until| {
+        metrics::counter!("gateway_rate_limited_total").increment(1);
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many messages; slow down")
+            .retry_after(wait.max(Duration::from_secs(1)))
+    })
+}

@@ -1,0 +1,113 @@
+//! `GET /stream`: Server-Sent Events of a conversation's replies.
+//!
+//! Events: `token`, `done`, `error`, `reset` (a new attempt replaces the partial text)
+//! and `gap` (resuming from a `Last-Event-ID` older than the replay window: events were
+//! lost; the next `done` still carries the whole reply). Every event has an `id`, so
+//! `EventSource` resumes with `Last-Event-ID` on any replica. A slow client whose
+//! buffer fills is disconnected and resumes the same way. On shutdown, streams end
+//! with a `shutdown` event.
+
+use std::{convert::Infallible, sync::Arc};
+
+use axum::{
+    extract::{rejection::QueryRejection, Query, State},
+    http::HeaderMap,
+    response::{
+        sse::{Event, KeepAlive},
+        Sse,
+    },
+};
+use futures::{stream, Stream, StreamExt};
+use serde::Deserialize;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream, WatchStream};
+use uuid::Uuid;
+
+use crate::{
+    auth::User,
+    error::ApiError,
+    hub::{EventId, StreamEvent, SubscribeError},
+    state::AppState,
+};
+
+/// The query of `GET /stream`.
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    /// The conversation to stream.
+    pub conversation_id: Uuid,
+}
+
+/// Decrements the open-streams gauge when a stream ends, however it ends.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> Self {
+        metrics::gauge!("gateway_open_streams").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        metrics::gauge!("gateway_open_streams").decrement(1.0);
+    }
+}
+
+/// `GET /stream?conversation_id=…`.
+pub async fn get_stream(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(query) = query?;
+    if !state.ids.is_owned_by(&query.conversation_id, &user.id) {
+        return Err(ApiError::unknown_conversation());
+    }
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.parse::<EventId>().ok()).ok_or_else(|| {
+            ApiError::bad_request("invalid_last_event_id", "Last-Event-ID must be an id this stream sent")
+        })?),
+    };
+    let subscription = state
+        .hub
+        .subscribe(query.conversation_id, &user.id, last_event_id)
+        .map_err(|SubscribeError::NotOwner| ApiError::unknown_conversation())?;
+
+    let gap = subscription.gap.then(|| {
+        Event::default()
+            .event("gap")
+            .data(r#"{"reason":"events older than the replay window were lost; the next done event has the whole reply"}"#)
+    });
+    let backlog = stream::iter(subscription.backlog).map(to_sse);
+    // A lagging receiver means the client reads slower than replies arrive: end the
+    // stream (bounded memory) and let EventSource resume from the replay window.
+    let live = BroadcastStream::new(subscription.live)
+        .take_while(|item| futures::future::ready(!matches!(item, Err(BroadcastStreamRecvError::Lagged(_)))))
+        .filter_map(|item| futures::future::ready(item.ok().map(to_sse)));
+    let shutdown = WatchStream::new(state.shutdown.clone()).filter(|down| futures::future::ready(*down));
+    let shutting_down = state.shutdown.clone();
+    let guard = OpenStream::new();
+    let events = stream::iter(gap)
+        .chain(backlog)
+        .chain(live)
+        .take_until(shutdown.into_future())
+        .chain(
+            stream::once(async move {
+                drop(guard);
+                let down = *shutting_down.borrow();
+                down.then(|| {
+                    Event::default()
+                        .event("shutdown")
+                        .data(r#"{"reason":"the server is restarting; reconnect"}"#)
+                })
+            })
+            .filter_map(futures::future::ready),
+        )
+        .map(Ok);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat")))
+}
+
+fn to_sse(event: Arc<StreamEvent>) -> Event {
+    Event::default().id(event.id.to_string()).event(event.kind).data(&event.data)
+}

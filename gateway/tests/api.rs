@@ -1,0 +1,400 @@
+//! The gateway's HTTP API against a real broker: accepted messages, streams, resume,
+//! ownership, bad input, rate limits, broker outages and shutdown.
+
+mod common;
+
+use std::{collections::BTreeSet, time::Duration};
+
+use common::*;
+use platform::{events::decode, events::UserMessage, topics};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    Message,
+};
+use serde_json::json;
+use testkit::Signal;
+use uuid::Uuid;
+
+/// Reads every user message currently in `user_messages` (new group, from the start).
+async fn stored_messages(kafka: &Kafka, expect: usize) -> Vec<UserMessage> {
+    let consumer: StreamConsumer =
+        kafka.settings.stream_consumer(&format!("inspect-{}", Uuid::new_v4())).expect("consumer");
+    consumer.subscribe(&[topics::USER_MESSAGES]).expect("subscribe");
+    let mut out = Vec::new();
+    let mut wait = Duration::from_secs(20);
+    while let Ok(Ok(record)) = tokio::time::timeout(wait, consumer.recv()).await {
+        out.push(decode::<UserMessage>(record.payload().expect("payload")).expect("a user message"));
+        if out.len() >= expect {
+            wait = Duration::from_secs(2);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_is_stored_then_its_reply_streams_token_by_token() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+
+    let (status, body) =
+        post_chat(&client, &gateway, &alice, json!({"text": "What is the capital of France?"})).await;
+    assert_eq!(status, 202, "{body}");
+    let conversation_id = body["conversation_id"].as_str().expect("conversation_id").to_string();
+    assert_eq!(body["stream_url"], format!("/stream?conversation_id={conversation_id}"));
+
+    let stored = stored_messages(&kafka, 1).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].text, "What is the capital of France?");
+    assert_eq!(stored[0].user_id, "alice");
+    assert_eq!(stored[0].message_id.to_string(), body["message_id"].as_str().unwrap());
+
+    // The stream opens after the reply started: the replay window covers it.
+    let message = accepted_message(&body, "alice");
+    let attempt = Uuid::new_v4();
+    kafka.reply(&message, attempt, reply_bodies(&["Par"])[..1].to_vec()).await;
+    let mut stream = open_stream(&client, &gateway, &alice, &conversation_id, None).await;
+    kafka.reply(&message, attempt, reply_bodies(&["Par", "is."])[1..].to_vec()).await;
+
+    let mut text = String::new();
+    let mut ids = BTreeSet::new();
+    loop {
+        let event = next_event(&mut stream).await;
+        assert!(ids.insert(event.id.clone()), "repeated id {}", event.id);
+        let data: serde_json::Value = serde_json::from_str(&event.data).expect("JSON data");
+        assert_eq!(data["message_id"], body["message_id"]);
+        match event.event.as_str() {
+            "token" => text.push_str(data["delta"].as_str().unwrap()),
+            "done" => {
+                assert_eq!(data["text"], "Paris.");
+                break;
+            }
+            other => panic!("unexpected event {other}"),
+        }
+    }
+    assert_eq!(text, "Paris.");
+
+    let metrics = client.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gateway_chat_requests_total"), "{metrics}");
+    assert!(metrics.contains("gateway_open_streams"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn last_event_id_resumes_without_gaps_or_repeats() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let (_, body) = post_chat(&client, &gateway, &alice, json!({"text": "count"})).await;
+    let conversation_id = body["conversation_id"].as_str().unwrap().to_string();
+    let message = accepted_message(&body, "alice");
+    let words = ["one ", "two ", "three ", "four"];
+    kafka.reply(&message, Uuid::new_v4(), reply_bodies(&words)).await;
+
+    let mut first = open_stream(&client, &gateway, &alice, &conversation_id, None).await;
+    let a = next_event(&mut first).await;
+    let b = next_event(&mut first).await;
+    drop(first);
+    let mut resumed = open_stream(&client, &gateway, &alice, &conversation_id, Some(&b.id)).await;
+    let mut kinds = vec![a.event.clone(), b.event.clone()];
+    let mut deltas = vec![a.data.clone(), b.data.clone()];
+    loop {
+        let e = next_event(&mut resumed).await;
+        kinds.push(e.event.clone());
+        deltas.push(e.data.clone());
+        if e.event == "done" {
+            break;
+        }
+    }
+    assert_eq!(kinds, ["token", "token", "token", "token", "done"]);
+    let text: String = deltas[..4]
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap()["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, "one two three four");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_works_on_a_replica_that_did_not_take_the_message() {
+    let kafka = Kafka::start().await;
+    let a = Gateway::start(&kafka, &[]);
+    let b = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let (status, body) = post_chat(&client, &a, &alice, json!({"text": "hello"})).await;
+    assert_eq!(status, 202);
+    let conversation_id = body["conversation_id"].as_str().unwrap().to_string();
+    let mut on_b = open_stream(&client, &b, &alice, &conversation_id, None).await;
+    let mut on_a = open_stream(&client, &a, &alice, &conversation_id, None).await;
+    kafka.reply(&accepted_message(&body, "alice"), Uuid::new_v4(), reply_bodies(&["hi ", "there"])).await;
+    for stream in [&mut on_a, &mut on_b] {
+        let kinds = [next_event(stream).await, next_event(stream).await, next_event(stream).await];
+        assert_eq!(kinds.map(|e| e.event), ["token", "token", "done"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_message_never_mixes_two_attempts() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let (_, body) = post_chat(&client, &gateway, &alice, json!({"text": "hello"})).await;
+    let conversation_id = body["conversation_id"].as_str().unwrap().to_string();
+    let message = accepted_message(&body, "alice");
+    let mut stream = open_stream(&client, &gateway, &alice, &conversation_id, None).await;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    // The first attempt dies after one token; the redelivery answers in full.
+    kafka.reply(&message, first, reply_bodies(&["Lo"])[..1].to_vec()).await;
+    kafka.reply(&message, second, reply_bodies(&["Hel", "lo"])).await;
+    kafka.reply(&message, first, reply_bodies(&["Lo", "ndon"])[1..].to_vec()).await;
+
+    let mut shown = String::new();
+    loop {
+        let e = next_event(&mut stream).await;
+        let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        match e.event.as_str() {
+            "token" => shown.push_str(data["delta"].as_str().unwrap()),
+            "reset" => shown.clear(),
+            "done" => {
+                assert_eq!(data["attempt"], second.to_string());
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(shown, "Hello");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_users_get_404_and_see_nothing() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let (_, body) = post_chat(&client, &gateway, &token("alice"), json!({"text": "secret plans"})).await;
+    let conversation_id = body["conversation_id"].as_str().unwrap();
+    let mallory = token("mallory");
+
+    let response = client
+        .get(gateway.url(&format!("/stream?conversation_id={conversation_id}")))
+        .bearer_auth(&mallory)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let (status, error) =
+        post_chat(&client, &gateway, &mallory, json!({"conversation_id": conversation_id, "text": "me too"}))
+            .await;
+    assert_eq!(status, 404);
+    assert_eq!(error["error"]["code"], "unknown_conversation");
+    // A made-up conversation id is just as unknown.
+    let (status, _) =
+        post_chat(&client, &gateway, &mallory, json!({"conversation_id": Uuid::new_v4(), "text": "x"})).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[("MAX_MESSAGE_BYTES", "100")]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let post_raw = |body: &'static str, token: Option<String>| {
+        let mut request =
+            client.post(gateway.url("/chat")).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send()
+    };
+    let cases: Vec<(&str, reqwest::Response, u16, &str)> = vec![
+        ("malformed JSON", post_raw("{\"text\":", Some(alice.clone())).await.unwrap(), 400, "malformed_json"),
+        ("wrong type", post_raw("{\"text\": 42}", Some(alice.clone())).await.unwrap(), 422, "invalid_body"),
+        ("missing text", post_raw("{}", Some(alice.clone())).await.unwrap(), 422, "invalid_body"),
+        (
+            "empty text",
+            post_raw("{\"text\": \"   \"}", Some(alice.clone())).await.unwrap(),
+            422,
+            "empty_text",
+        ),
+        (
+            "oversized text",
+            client
+                .post(gateway.url("/chat"))
+                .bearer_auth(&alice)
+                .json(&json!({"text": "x".repeat(101)}))
+                .send()
+                .await
+                .unwrap(),
+            413,
+            "text_too_long",
+        ),
+        (
+            "oversized body",
+            client
+                .post(gateway.url("/chat"))
+                .bearer_auth(&alice)
+                .json(&json!({"text": "x".repeat(100_000)}))
+                .send()
+                .await
+                .unwrap(),
+            413,
+            "body_too_large",
+        ),
+        ("no token", post_raw("{\"text\": \"hi\"}", None).await.unwrap(), 401, "unauthorized"),
+        (
+            "expired token",
+            post_raw("{\"text\": \"hi\"}", Some(token_with("alice", -600, JWT_SECRET))).await.unwrap(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "forged token",
+            post_raw(
+                "{\"text\": \"hi\"}",
+                Some(token_with("alice", 600, "another-secret-another-secret-0123456")),
+            )
+            .await
+            .unwrap(),
+            401,
+            "unauthorized",
+        ),
+        (
+            // {"alg":"none"} with no signature.
+            "alg none",
+            post_raw(
+                "{\"text\": \"hi\"}",
+                Some(
+                    "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6NDEwMjQ0NDgwMH0.".into(),
+                ),
+            )
+            .await
+            .unwrap(),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (name, response, status, code) in cases {
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        let body: serde_json::Value =
+            response.json().await.unwrap_or_else(|e| panic!("{name}: no JSON body: {e}"));
+        assert_eq!(body["error"]["code"], code, "{name}: {body}");
+        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {body}");
+    }
+    let stream = client
+        .get(gateway.url("/stream?conversation_id=not-a-uuid"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 400);
+    assert!(stored_messages(&kafka, 0).await.is_empty(), "a rejected request was published");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_request_with_the_same_idempotency_key_publishes_once() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let send = |text: &'static str| {
+        client
+            .post(gateway.url("/chat"))
+            .bearer_auth(&alice)
+            .header("idempotency-key", "retry-me-1")
+            .json(&json!({"text": text}))
+            .send()
+    };
+    let first: serde_json::Value = send("hello").await.unwrap().json().await.unwrap();
+    let again = send("hello").await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(send("something else").await.unwrap().status(), 422);
+    assert_eq!(stored_messages(&kafka, 1).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_messages_get_429_with_retry_after() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "6"), ("RATE_LIMIT_BURST", "3")]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let response = client
+            .post(gateway.url("/chat"))
+            .bearer_auth(&alice)
+            .json(&json!({"text": "hi"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 {
+            let retry: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=20).contains(&retry), "Retry-After {retry}");
+        }
+    }
+    assert_eq!(statuses, [202, 202, 202, 429]);
+    // Another user has a budget of their own.
+    let (status, _) = post_chat(&client, &gateway, &token("bob"), json!({"text": "hi"})).await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_outage_gives_503_never_202_and_recovers() {
+    let mut kafka = Kafka::start().await;
+    // Retries below would exhaust the default per-user budget.
+    let gateway = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("KAFKA_IDEMPOTENCE", "false")]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    kafka.broker.stop().expect("stop broker");
+
+    let response = client
+        .post(gateway.url("/chat"))
+        .bearer_auth(&alice)
+        .json(&json!({"text": "anyone?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let ready = client.get(gateway.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(client.get(gateway.url("/health")).send().await.unwrap().status(), 200);
+
+    kafka.broker.start_again().expect("restart broker");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = post_chat(&client, &gateway, &alice, json!({"text": "back?"})).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not recover within 30 s; its log:\n{}\nthe broker's log:\n{}",
+            gateway.process.log_tail(),
+            kafka.broker.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let texts: Vec<String> = stored_messages(&kafka, 1).await.into_iter().map(|m| m.text).collect();
+    assert!(texts.iter().all(|t| t == "back?"), "a message answered 503 was stored: {texts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_streams_with_a_final_event_and_exits_cleanly() {
+    let kafka = Kafka::start().await;
+    let mut gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    let (_, body) = post_chat(&client, &gateway, &alice, json!({"text": "hi"})).await;
+    let mut stream =
+        open_stream(&client, &gateway, &alice, body["conversation_id"].as_str().unwrap(), None).await;
+    gateway.process.signal(Signal::SIGTERM);
+    assert_eq!(next_event(&mut stream).await.event, "shutdown");
+    let status = gateway.process.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status}");
+}

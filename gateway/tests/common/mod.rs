@@ -1,0 +1,165 @@
+//! A real broker and real gateway processes for the gateway's integration tests.
+//! The responder is played by the test: it writes reply events to `model_responses`
+//! itself, through the same `platform` code the real responder uses.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::{
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use platform::{
+    bootstrap::{self, Plan},
+    events::{ModelResponse, ReplyBody, UserMessage},
+    kafka::{publish, KafkaSettings},
+    trace_context::TraceParent,
+};
+use serde_json::json;
+use testkit::{free_port, http_status, Broker, Process, Signal};
+use uuid::Uuid;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const CONVERSATION_KEY: &str = "conversation-key-conversation-key-0123456789";
+
+/// A broker with the stack's topics (2 partitions each, to keep tests quick).
+pub struct Kafka {
+    pub broker: Broker,
+    pub settings: KafkaSettings,
+}
+
+impl Kafka {
+    pub async fn start() -> Self {
+        let broker = Broker::start().expect("start tansu");
+        let settings = KafkaSettings::plaintext(broker.bootstrap_servers());
+        bootstrap::run(&settings, &Plan::stack(2, 1), Duration::from_secs(30)).await.expect("bootstrap");
+        Self { broker, settings }
+    }
+
+    /// Plays the responder: writes `events` for `message` to `model_responses`.
+    pub async fn reply(&self, message: &UserMessage, attempt: Uuid, bodies: Vec<ReplyBody>) {
+        let producer = self.settings.producer().expect("producer");
+        for body in bodies {
+            let event = ModelResponse::for_message(message, attempt, body);
+            publish(&producer, &event, &TraceParent::new_root(), Duration::from_secs(10)).await.expect("ack");
+        }
+    }
+}
+
+/// The token, done pair of a two-token reply.
+pub fn reply_bodies(words: &[&str]) -> Vec<ReplyBody> {
+    let mut bodies: Vec<ReplyBody> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ReplyBody::Token { seq: i as u32, delta: w.to_string() })
+        .collect();
+    bodies.push(ReplyBody::Done {
+        text: words.concat(),
+        usage: None,
+        finish_reason: "stop".into(),
+        token_events: words.len() as u32,
+    });
+    bodies
+}
+
+/// A `gateway serve` process on a free port.
+pub struct Gateway {
+    pub process: Process,
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub fn start(kafka: &Kafka, extra_env: &[(&str, &str)]) -> Self {
+        let port = free_port().expect("port");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        command
+            .arg("serve")
+            .env_clear()
+            .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("JWT_SECRET", JWT_SECRET)
+            .env("CONVERSATION_KEY", CONVERSATION_KEY)
+            .env("KAFKA_PRODUCE_TIMEOUT_MS", "2000")
+            .env("SSE_HEARTBEAT_SECS", "1")
+            .envs(extra_env.iter().copied());
+        let mut process = Process::spawn("gateway", command, dir.path().join("gateway.log"), Signal::SIGTERM)
+            .expect("spawn");
+        process
+            .wait_until(Duration::from_secs(30), || http_status(port, "/ready") == Some(200))
+            .expect("gateway ready");
+        Self { process, base: format!("http://127.0.0.1:{port}"), _dir: dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// A signed HS256 token for `user`, expiring `expires_in` seconds from now (negative: expired).
+pub fn token_with(user: &str, expires_in: i64, secret: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() as i64;
+    encode(
+        &Header::default(),
+        &json!({"sub": user, "exp": now + expires_in, "iat": now}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token")
+}
+
+pub fn token(user: &str) -> String {
+    token_with(user, 3600, JWT_SECRET)
+}
+
+/// POSTs a chat message; returns (status, body).
+pub async fn post_chat(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response =
+        client.post(gateway.url("/chat")).bearer_auth(token).json(&body).send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Opens `/stream` and returns its events.
+pub async fn open_stream(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    token: &str,
+    conversation_id: &str,
+    last_event_id: Option<&str>,
+) -> impl Stream<Item = Event> + Unpin {
+    let mut request =
+        client.get(gateway.url(&format!("/stream?conversation_id={conversation_id}"))).bearer_auth(token);
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.expect("stream request");
+    assert_eq!(response.status(), 200, "stream refused");
+    Box::pin(response.bytes_stream().eventsource().map(|e| e.expect("well-formed SSE")))
+}
+
+/// The next event, failing the test after 15 s.
+pub async fn next_event(stream: &mut (impl Stream<Item = Event> + Unpin)) -> Event {
+    tokio::time::timeout(Duration::from_secs(15), stream.next())
+        .await
+        .expect("an event within 15 s")
+        .expect("the stream stayed open")
+}
+
+/// The message a 202 answer describes, rebuilt for the fake responder.
+pub fn accepted_message(body: &serde_json::Value, user: &str) -> UserMessage {
+    let mut message = UserMessage::new(
+        body["conversation_id"].as_str().and_then(|s| s.parse().ok()).expect("conversation_id"),
+        user,
+        "",
+    );
+    message.message_id = body["message_id"].as_str().and_then(|s| s.parse().ok()).expect("message_id");
+    message
+}
