@@ -100,7 +100,8 @@ wait_http "http://127.0.0.1:$GATEWAY_PORT/ready" 60
 cat <<MSG
 
   The chat stack is up (data in .stack/, logs in .stack/logs/):
-    gateway               http://127.0.0.1:$GATEWAY_PORT   (AUTH=$AUTH)
+    chat page             http://127.0.0.1:$GATEWAY_PORT/
+    gateway API           http://127.0.0.1:$GATEWAY_PORT   (AUTH=$AUTH)
     Kafka (tansu)         $KAFKA_BOOTSTRAP_SERVERS
     Qdrant (gRPC)         $QDRANT_URL
     LLM (chat)            $OPENAI_BASE_URL   model $OPENAI_MODEL
@@ -110,8 +111,8 @@ cat <<MSG
     curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/chat -H 'content-type: application/json' -d '{"text":"Hi!"}'
     curl -N "http://127.0.0.1:$GATEWAY_PORT/stream?conversation_id=<conversation_id from the answer>"
 
-  Not yet part of this command: the handlers (replies), the chat page and the local
-  autoscaler; until they land, /stream stays silent. Press Ctrl-C to stop everything.
+  Not yet part of this command: the handlers (replies) and the local autoscaler; until
+  they land, replies stay empty. Press Ctrl-C to stop everything.
 MSG
 wait -n "${pids[@]}" || true
 die "a service exited unexpectedly; see .stack/logs/"

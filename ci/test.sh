@@ -18,6 +18,9 @@ log "cache: $CACHE_DIR (cargo target dir: $CARGO_TARGET_DIR)"
 # Build tools: cmake/libcurl for librdkafka (rdkafka's cmake-build), protoc for tansu,
 # libssl for Kafka over TLS and the HTTPS client.
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler curl unzip
+# The chat page's test drives a real headless Chromium through chromedriver.
+apt_install chromium chromium-driver
+export CHROMIUM=/usr/bin/chromium CHROMEDRIVER=/usr/bin/chromedriver
 
 step() { log "== $* ($((SECONDS - started))s)"; }
 

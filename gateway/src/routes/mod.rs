@@ -2,6 +2,7 @@
 
 mod chat;
 mod health;
+mod page;
 mod stream;
 
 use axum::{
@@ -23,6 +24,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, request_timeout));
     Router::new()
         .merge(bounded)
+        .route("/", get(page::index))
         .route("/stream", get(stream::get_stream))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
