@@ -79,7 +79,7 @@ pub struct HubLimits {
 impl Default for HubLimits {
     fn default() -> Self {
         Self {
-            replay_events: 1024,
+            replay_events: 256,
             max_conversations: 10_000,
             idle_ttl: Duration::from_secs(600),
             stream_buffer: 256,
