@@ -3,7 +3,10 @@
 //! Every gateway replica reads all of `model_responses` and hands each event to the
 //! hub, which keeps, per conversation, a bounded replay window (so a stream opened
 //! after `POST /chat`, or one reconnecting with `Last-Event-ID`, misses nothing that is
-//! still in the window) and a broadcast channel to the streams open right now.
+//! still in the window) and one bounded channel per stream open right now. A stream
+//! whose channel is full (its client reads too slowly) is cut off; its client resumes
+//! from the replay window with `Last-Event-ID`. Channels allocate as events queue, so an
+//! idle stream costs little.
 //!
 //! Attempts: a redelivered user message may be answered twice. Per message the hub
 //! forwards one attempt at a time; when a new attempt starts (the first one died), it
@@ -22,7 +25,7 @@ use std::{
 
 use platform::events::{ModelResponse, ReplyBody};
 use serde_json::json;
-use tokio::sync::broadcast;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 /// Position of an event in `model_responses`: the SSE `id`, the same on every replica
@@ -100,7 +103,7 @@ struct Conversation {
     /// The newest event that fell out of the replay window.
     evicted: Option<EventId>,
     messages: HashMap<Uuid, MessageState>,
-    tx: broadcast::Sender<Arc<StreamEvent>>,
+    streams: Vec<mpsc::Sender<Arc<StreamEvent>>>,
     last_event: Instant,
 }
 
@@ -117,7 +120,7 @@ pub struct Subscription {
     /// True when `Last-Event-ID` was older than the replay window: some events are gone.
     pub gap: bool,
     /// Events from now on.
-    pub live: broadcast::Receiver<Arc<StreamEvent>>,
+    pub live: mpsc::Receiver<Arc<StreamEvent>>,
 }
 
 /// Why a stream was refused.
@@ -144,7 +147,7 @@ impl Hub {
             replay: VecDeque::new(),
             evicted: None,
             messages: HashMap::new(),
-            tx: broadcast::channel(self.limits.stream_buffer).0,
+            streams: Vec::new(),
             last_event: Instant::now(),
         }
     }
@@ -203,8 +206,9 @@ impl Hub {
                 }
             }
             conv.replay.push_back(event.clone());
-            // No receivers is normal: nobody is streaming this conversation here.
-            let _ = conv.tx.send(event);
+            // A closed stream is gone; a full one belongs to a client too slow to keep
+            // up: dropping its sender ends it, and the client resumes from the replay.
+            conv.streams.retain(|tx| tx.try_send(event.clone()).is_ok());
         }
         produced
     }
@@ -225,7 +229,8 @@ impl Hub {
             return Err(SubscribeError::NotOwner);
         }
         // Subscribing and copying the replay under one lock: no event can fall between.
-        let live = conv.tx.subscribe();
+        let (tx, live) = mpsc::channel(self.limits.stream_buffer);
+        conv.streams.push(tx);
         let (backlog, gap) = match last_event_id {
             None => (conv.replay.iter().cloned().collect(), false),
             Some(last) => {
@@ -253,7 +258,10 @@ impl Hub {
     /// Forgets idle conversations nobody streams; called periodically.
     pub fn sweep(&self) {
         let ttl = self.limits.idle_ttl;
-        self.lock().retain(|_, c| c.tx.receiver_count() > 0 || c.last_event.elapsed() < ttl);
+        self.lock().retain(|_, c| {
+            c.streams.retain(|tx| !tx.is_closed());
+            !c.streams.is_empty() || c.last_event.elapsed() < ttl
+        });
     }
 
     /// Evicts the longest-idle unwatched conversation when the hub is full.
@@ -263,7 +271,7 @@ impl Hub {
         }
         let victim = conversations
             .iter()
-            .filter(|(_, c)| c.tx.receiver_count() == 0)
+            .filter(|(_, c)| c.streams.iter().all(|tx| tx.is_closed()))
             .min_by_key(|(_, c)| c.last_event)
             .map(|(id, _)| *id);
         if let Some(id) = victim {
@@ -445,6 +453,23 @@ mod tests {
         assert_eq!(hub.conversations(), 10);
         let conversations = hub.lock();
         assert!(conversations.values().all(|c| c.replay.len() <= 4));
+    }
+
+    #[test]
+    fn a_stream_that_falls_behind_is_cut_off_and_can_resume() {
+        let hub = Hub::new(HubLimits { stream_buffer: 2, ..HubLimits::default() });
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let a = Uuid::new_v4();
+        let mut log = Log { next: 0 };
+        let mut slow = hub.subscribe(msg.conversation_id, "alice", None).unwrap();
+        for seq in 0..5 {
+            hub.publish(log.id(), &token(&msg, a, seq));
+        }
+        let first = slow.live.try_recv().unwrap();
+        assert!(slow.live.try_recv().is_ok());
+        assert!(matches!(slow.live.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        let resumed = hub.subscribe(msg.conversation_id, "alice", Some(first.id)).unwrap();
+        assert_eq!(resumed.backlog.len(), 4, "everything after the last event it saw");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use axum::{
 };
 use futures::{stream, Stream, StreamExt};
 use serde::Deserialize;
-use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream, WatchStream};
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use uuid::Uuid;
 
 use crate::{
@@ -80,11 +80,9 @@ pub async fn get_stream(
             .data(r#"{"reason":"events older than the replay window were lost; the next done event has the whole reply"}"#)
     });
     let backlog = stream::iter(subscription.backlog).map(to_sse);
-    // A lagging receiver means the client reads slower than replies arrive: end the
-    // stream (bounded memory) and let EventSource resume from the replay window.
-    let live = BroadcastStream::new(subscription.live)
-        .take_while(|item| futures::future::ready(!matches!(item, Err(BroadcastStreamRecvError::Lagged(_)))))
-        .filter_map(|item| futures::future::ready(item.ok().map(to_sse)));
+    // Ends when the hub drops this stream's sender: the client read too slowly (bounded
+    // memory); EventSource then resumes from the replay window.
+    let live = ReceiverStream::new(subscription.live).map(to_sse);
     let shutdown = WatchStream::new(state.shutdown.clone()).filter(|down| futures::future::ready(*down));
     let shutting_down = state.shutdown.clone();
     let guard = OpenStream::new();

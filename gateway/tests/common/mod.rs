@@ -1,7 +1,7 @@
 //! A real broker and real gateway processes for the gateway's integration tests.
 //! The responder is played by the test: it writes reply events to `model_responses`
 //! itself, through the same `platform` code the real responder uses.
-#![allow(dead_code)] // each test file uses a different part
+#![allow(dead_code)] // each test file (and the benchmark) uses a different part
 
 use std::{
     process::Command,

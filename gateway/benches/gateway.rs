@@ -1,0 +1,167 @@
+//! Gateway benchmark against a real broker (tansu, SQLite storage):
+//! 1. ingest: `POST /chat` accepted per second and latency percentiles at fixed
+//!    concurrency, next to a raw rdkafka producer (same acks, same concurrency);
+//! 2. fan-out: the gateway's RSS holding N idle SSE streams.
+//!
+//! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
+//! Knobs: BENCH_CONCURRENCY (64), BENCH_SECS (10), BENCH_STREAMS (10000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::*;
+use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
+use serde_json::json;
+use uuid::Uuid;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs `worker` on `concurrency` tasks for `secs`; returns (successes, failures, latencies).
+async fn drive<F, Fut>(concurrency: usize, secs: u64, worker: F) -> (usize, usize, Vec<Duration>)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let worker = Arc::new(worker);
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (worker, stop) = (worker.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed, mut latencies) = (0, 0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    if worker().await {
+                        ok += 1;
+                        latencies.push(started.elapsed());
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed, latencies)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed, mut latencies) = (0, 0, Vec::new());
+    for task in tasks {
+        let (o, f, l) = task.await.expect("worker");
+        ok += o;
+        failed += f;
+        latencies.extend(l);
+    }
+    latencies.sort();
+    (ok, failed, latencies)
+}
+
+fn report(name: &str, secs: u64, (ok, failed, latencies): &(usize, usize, Vec<Duration>)) -> f64 {
+    let rate = *ok as f64 / secs as f64;
+    println!(
+        "{name:<28} {rate:>9.0}/s  ok {ok:>7}  failed {failed:>5}  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        percentile(latencies, 0.50).as_secs_f64() * 1e3,
+        percentile(latencies, 0.99).as_secs_f64() * 1e3,
+    );
+    rate
+}
+
+#[tokio::main]
+async fn main() {
+    let concurrency = env_or("BENCH_CONCURRENCY", 64);
+    let secs = env_or("BENCH_SECS", 10) as u64;
+    let streams = env_or("BENCH_STREAMS", 10_000);
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let pid = gateway.process.pid();
+    println!("gateway benchmark: concurrency {concurrency}, {secs} s per run, {streams} streams");
+    println!("gateway idle RSS: {:.1} MB", rss_mb(pid));
+
+    // 1. Ingest through the gateway.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
+    let token = token("bench");
+    let url = gateway.url("/chat");
+    let conversation = {
+        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": "warm-up"})).await;
+        body["conversation_id"].as_str().expect("conversation").to_string()
+    };
+    let gateway_run = {
+        let (client, url, token, conversation) =
+            (client.clone(), url.clone(), token.clone(), conversation.clone());
+        drive(concurrency, secs, move || {
+            let request = client
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&json!({"conversation_id": conversation, "text": "How fast can you take this?"}));
+            async move { request.send().await.is_ok_and(|r| r.status() == 202) }
+        })
+        .await
+    };
+    let gateway_rate = report("POST /chat (gateway)", secs, &gateway_run);
+
+    // 2. The broker alone: the same events through a raw producer, same concurrency.
+    let producer = kafka.settings.producer().expect("producer");
+    let raw_run = {
+        let conversation: Uuid = conversation.parse().expect("uuid");
+        drive(concurrency, secs, move || {
+            let producer = producer.clone();
+            async move {
+                let msg = UserMessage::new(conversation, "bench", "How fast can you take this?");
+                publish(&producer, &msg, &TraceParent::new_root(), Duration::from_secs(5)).await.is_ok()
+            }
+        })
+        .await
+    };
+    let raw_rate = report("raw producer (acks=all)", secs, &raw_run);
+    println!("gateway / raw producer: {:.2}", gateway_rate / raw_rate.max(1.0));
+    println!("gateway RSS after ingest: {:.1} MB", rss_mb(pid));
+
+    // 3. Fan-out: idle SSE streams, each on a conversation of its own.
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(streams);
+    let stream_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    for i in 0..streams {
+        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": format!("stream {i}")})).await;
+        let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
+        let response = stream_client
+            .get(gateway.url(&format!("/stream?conversation_id={conversation}")))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("stream");
+        assert_eq!(response.status(), 200);
+        open.push(response);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "{streams} idle SSE streams open in {:.1} s; gateway RSS {:.1} MB",
+        started.elapsed().as_secs_f64(),
+        rss_mb(pid)
+    );
+    drop(open);
+}
