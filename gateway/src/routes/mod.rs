@@ -25,6 +25,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
     Router::new()
         .merge(bounded)
         .route("/", get(page::index))
+        .route("/openapi.json", get(page::openapi))
         .route("/stream", get(stream::get_stream))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

@@ -1,6 +1,7 @@
-//! `GET /`: the chat page, a static file compiled into the binary (no build step).
+//! `GET /`: the chat page, and `GET /openapi.json`: the API's description; both static
+//! files compiled into the binary (no build step).
 
-use axum::response::Html;
+use axum::response::{Html, IntoResponse};
 
 /// The page's HTML, JavaScript and CSS.
 const INDEX: &str = include_str!("../page/index.html");
@@ -8,4 +9,13 @@ const INDEX: &str = include_str!("../page/index.html");
 /// `GET /`.
 pub async fn index() -> Html<&'static str> {
     Html(INDEX)
+}
+
+/// The OpenAPI 3.1 document of the gateway's routes (checked against the router by
+/// `gateway/tests/api.rs`).
+const OPENAPI: &str = include_str!("../page/openapi.json");
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> impl IntoResponse {
+    ([("content-type", "application/json")], OPENAPI)
 }
