@@ -421,6 +421,7 @@ async fn the_openapi_document_matches_the_routes_served() {
         ("/metrics", "get"),
         ("/openapi.json", "get"),
         ("/", "get"),
+        ("/v1/chat/completions", "post"),
     ];
     assert_eq!(paths.len(), served.len(), "documented paths: {:?}", paths.keys().collect::<Vec<_>>());
     for (path, method) in served {

@@ -141,7 +141,8 @@ fn fingerprint(conversation_id: Option<Uuid>, text: &str) -> u64 {
     h.finish()
 }
 
-fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
+/// Applies the per-user rate limit (429 with Retry-After when exceeded).
+pub(super) fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
     let Some(limiter) = &state.rate_limiter else { return Ok(()) };
     limiter.check_key(&user.id).map_err(|not_until| {
         metrics::counter!("gateway_rate_limited_total").increment(1);

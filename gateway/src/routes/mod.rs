@@ -2,6 +2,7 @@
 
 mod chat;
 mod health;
+mod openai;
 mod page;
 mod stream;
 
@@ -27,6 +28,7 @@ pub fn router(state: AppState, request_timeout: std::time::Duration) -> Router {
         .route("/", get(page::index))
         .route("/openapi.json", get(page::openapi))
         .route("/stream", get(stream::get_stream))
+        .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))

@@ -1,0 +1,215 @@
+//! `POST /v1/chat/completions`: an OpenAI-compatible façade over the same pipeline, so
+//! existing OpenAI clients and chat UIs work against the stack unchanged.
+//!
+//! The last `user` message of the request becomes a chat message (the conversation's
+//! context comes from the stack's memory, not from the request's history). A new
+//! conversation is started per request unless `X-Conversation-Id` names one of the
+//! caller's. With `stream: true` the reply streams as `chat.completion.chunk` events and
+//! ends with `data: [DONE]`; otherwise one `chat.completion` is returned.
+
+use std::{convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{rejection::JsonRejection, State},
+    http::{HeaderMap, StatusCode},
+    response::{
+        sse::{Event, KeepAlive},
+        IntoResponse, Response, Sse,
+    },
+    Json,
+};
+use futures::{stream, StreamExt};
+use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use crate::{auth::User, error::ApiError, hub::StreamEvent, state::AppState};
+
+/// Longest wait for a complete reply before the façade gives up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The part of OpenAI's chat completion request the façade uses; other fields are
+/// accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    /// Echoed back in the answer.
+    #[serde(default)]
+    pub model: String,
+    /// The conversation so far; the last one must be the user's.
+    pub messages: Vec<RequestMessage>,
+    /// Stream the answer as chunks.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+/// One message of the request.
+#[derive(Debug, Deserialize)]
+pub struct RequestMessage {
+    /// `system`, `user`, `assistant`, …
+    pub role: String,
+    /// A string, or an array of content parts of which the `text` ones are used.
+    #[serde(default)]
+    pub content: Value,
+}
+
+fn text_of(content: &Value) -> Option<String> {
+    match content {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => {
+            let text: Vec<&str> =
+                parts.iter().filter(|p| p["type"] == "text").filter_map(|p| p["text"].as_str()).collect();
+            (!text.is_empty()).then(|| text.join("\n"))
+        }
+        _ => None,
+    }
+}
+
+/// What a reply event means for the façade.
+enum Step {
+    Delta(String),
+    Done { text: String, finish_reason: String, usage: Value },
+    Failed(String),
+}
+
+fn step(event: &StreamEvent, message_id: Uuid) -> Option<Step> {
+    if event.message_id != message_id {
+        return None;
+    }
+    let data: Value = serde_json::from_str(&event.data).ok()?;
+    match event.kind {
+        "token" => Some(Step::Delta(data["delta"].as_str().unwrap_or_default().to_string())),
+        "done" => Some(Step::Done {
+            text: data["text"].as_str().unwrap_or_default().to_string(),
+            finish_reason: data["finish_reason"].as_str().unwrap_or("stop").to_string(),
+            usage: data["usage"].clone(),
+        }),
+        "error" => Some(Step::Failed(data["message"].as_str().unwrap_or("the reply failed").to_string())),
+        // Tokens already sent cannot be taken back from an OpenAI client.
+        "reset" => Some(Step::Failed("the reply was interrupted and is being regenerated; retry".into())),
+        _ => None,
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    user: User,
+    headers: HeaderMap,
+    body: Result<Json<CompletionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body?;
+    let last = request.messages.last().filter(|m| m.role == "user").ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", "the last message must be the user's")
+    })?;
+    let text = text_of(&last.content).filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_text", "the last message has no text")
+    })?;
+    if text.len() > state.max_text_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "text_too_long",
+            format!("text is {} bytes; the limit is {}", text.len(), state.max_text_bytes),
+        ));
+    }
+    let conversation_id =
+        match headers.get("x-conversation-id").map(|v| v.to_str().ok().and_then(|s| s.parse().ok())) {
+            None => state.ids.issue(&user.id),
+            Some(Some(id)) if state.ids.is_owned_by(&id, &user.id) => id,
+            Some(_) => return Err(ApiError::unknown_conversation()),
+        };
+    super::chat::rate_limit(&state, &user)?;
+
+    let message = UserMessage::new(conversation_id, user.id.clone(), text);
+    // Subscribe before publishing, so no reply event can come before the stream exists.
+    let subscription =
+        state.hub.subscribe(conversation_id, &user.id, None).map_err(|_| ApiError::unknown_conversation())?;
+    if let Err(err) =
+        publish(&state.producer, &message, &TraceParent::new_root(), state.kafka.produce_timeout).await
+    {
+        tracing::warn!(error = %err, message_id = %message.message_id, "broker did not acknowledge; answering 503");
+        return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
+    }
+    metrics::counter!("gateway_openai_requests_total").increment(1);
+
+    let message_id = message.message_id;
+    let id = format!("chatcmpl-{message_id}");
+    let created = message.ts.timestamp();
+    let model = if request.model.is_empty() { "chat-stack".to_string() } else { request.model };
+    let steps = stream::iter(subscription.backlog)
+        .chain(ReceiverStream::new(subscription.live))
+        .filter_map(move |e| futures::future::ready(step(&e, message_id)));
+
+    if !request.stream {
+        let mut steps = Box::pin(steps);
+        let outcome = tokio::time::timeout(REPLY_TIMEOUT, async {
+            while let Some(s) = steps.next().await {
+                match s {
+                    Step::Delta(_) => continue,
+                    done_or_failed => return Some(done_or_failed),
+                }
+            }
+            None
+        })
+        .await;
+        return match outcome {
+            Ok(Some(Step::Done { text, finish_reason, usage })) => Ok(Json(json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+                "usage": usage_or_zero(&usage),
+            }))
+            .into_response()),
+            Ok(Some(Step::Failed(reason))) => {
+                Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", reason))
+            }
+            Ok(_) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", "the reply stream ended early")),
+            Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "reply_timeout", "no complete reply in time")),
+        };
+    }
+
+    let chunk = std::sync::Arc::new(move |delta: Value, finish: Option<&str>, usage: Option<Value>| {
+        let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        if let Some(u) = usage {
+            c["usage"] = u;
+        }
+        Event::default().data(c.to_string())
+    });
+    let first = chunk(json!({"role": "assistant", "content": ""}), None, None);
+    // Ends right after the final step, without waiting for another reply event.
+    let steps = Box::pin(steps.take_until(tokio::time::sleep(REPLY_TIMEOUT)));
+    let body = stream::unfold((steps, false), move |(mut steps, ended)| {
+        let chunk = chunk.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            let (event, end) = match steps.next().await? {
+                Step::Delta(d) => (chunk(json!({"content": d}), None, None), false),
+                Step::Done { finish_reason, usage, .. } => {
+                    (chunk(json!({}), Some(&finish_reason), Some(usage_or_zero(&usage))), true)
+                }
+                Step::Failed(reason) => {
+                    let error =
+                        json!({"error": {"message": reason, "type": "server_error", "code": "reply_failed"}});
+                    (Event::default().data(error.to_string()), true)
+                }
+            };
+            Some((event, (steps, end)))
+        }
+    });
+    let events = stream::once(futures::future::ready(first))
+        .chain(body)
+        .chain(stream::once(futures::future::ready(Event::default().data("[DONE]"))))
+        .map(Ok::<_, Infallible>);
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.heartbeat)).into_response())
+}
+
+fn usage_or_zero(usage: &Value) -> Value {
+    if usage.is_object() {
+        usage.clone()
+    } else {
+        json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+    }
+}
