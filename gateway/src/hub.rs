@@ -111,7 +111,19 @@ struct Conversation {
 pub struct Hub {
     limits: HubLimits,
     conversations: Mutex<HashMap<Uuid, Conversation>>,
+    accepted: Mutex<AcceptedMessages>,
 }
+
+/// When this replica accepted messages whose reply has not started yet, for the
+/// time-to-first-token and reply-time metrics (bounded; the oldest are dropped first).
+#[derive(Default)]
+struct AcceptedMessages {
+    at: HashMap<Uuid, Instant>,
+    order: VecDeque<Uuid>,
+}
+
+/// Messages remembered for latency metrics at most.
+const MAX_ACCEPTED: usize = 100_000;
 
 /// What a new stream starts with.
 pub struct Subscription {
@@ -133,7 +145,35 @@ pub enum SubscribeError {
 impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits) -> Self {
-        Self { limits, conversations: Mutex::new(HashMap::new()) }
+        Self { limits, conversations: Mutex::new(HashMap::new()), accepted: Mutex::default() }
+    }
+
+    /// Remembers that this replica accepted `message_id` now.
+    pub fn note_accepted(&self, message_id: Uuid) {
+        let mut accepted = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        if accepted.at.insert(message_id, Instant::now()).is_none() {
+            accepted.order.push_back(message_id);
+        }
+        while accepted.order.len() > MAX_ACCEPTED {
+            if let Some(old) = accepted.order.pop_front() {
+                accepted.at.remove(&old);
+            }
+        }
+    }
+
+    /// Records time to first token (first event of a reply) and reply time (its end)
+    /// for messages this replica accepted.
+    fn observe_latency(&self, response: &ModelResponse, first_event: bool) {
+        let mut accepted = self.accepted.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(at) = accepted.at.get(&response.message_id).copied() else { return };
+        if first_event {
+            metrics::histogram!("gateway_time_to_first_token_seconds").record(at.elapsed().as_secs_f64());
+        }
+        if response.is_final() {
+            metrics::histogram!("gateway_reply_seconds").record(at.elapsed().as_secs_f64());
+            // The order queue keeps the id until it is evicted; a stale id there is harmless.
+            accepted.at.remove(&response.message_id);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Conversation>> {
@@ -171,6 +211,7 @@ impl Hub {
         if state.finished {
             return 0;
         }
+        let first_event = state.current.is_none();
         match state.current {
             Some(current) if current == response.attempt => {}
             // A superseded attempt may still finish first; its final text wins then.
@@ -188,6 +229,9 @@ impl Hub {
         }
         if response.is_final() {
             state.finished = true;
+        }
+        if first_event || response.is_final() {
+            self.observe_latency(response, first_event);
         }
         out.push(stream_event(id, response));
         let produced = out.len();

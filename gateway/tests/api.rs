@@ -80,6 +80,8 @@ async fn a_message_is_stored_then_its_reply_streams_token_by_token() {
     let metrics = client.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_chat_requests_total"), "{metrics}");
     assert!(metrics.contains("gateway_open_streams"), "{metrics}");
+    assert!(metrics.contains("gateway_time_to_first_token_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains("gateway_reply_seconds_count 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -455,4 +457,44 @@ async fn the_openapi_document_matches_the_routes_served() {
     ] {
         assert!(codes.contains(&code), "error code {code} is not documented");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rs256_tokens_are_checked_against_the_public_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    let openssl = |args: &[&str]| {
+        let status = std::process::Command::new("openssl").args(args).output().expect("openssl").status;
+        assert!(status.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(
+        &kafka,
+        &[("JWT_ALGORITHM", "rs256"), ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap())],
+    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "carol", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).expect("private key"),
+    )
+    .expect("token");
+    let client = reqwest::Client::new();
+    let (status, body) = post_chat(&client, &gateway, &signed, json!({"text": "hi"})).await;
+    assert_eq!(status, 202, "{body}");
+    // An HS256 token (here signed with the old shared secret) is refused.
+    let (status, _) = post_chat(&client, &gateway, &token("carol"), json!({"text": "hi"})).await;
+    assert_eq!(status, 401);
 }

@@ -91,6 +91,7 @@ pub async fn post_chat(
         );
         return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
     }
+    state.hub.note_accepted(message.message_id);
     let answer = json!({
         "message_id": message.message_id,
         "conversation_id": conversation_id,

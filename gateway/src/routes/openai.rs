@@ -132,6 +132,7 @@ pub async fn chat_completions(
         return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
     }
     metrics::counter!("gateway_openai_requests_total").increment(1);
+    state.hub.note_accepted(message.message_id);
 
     let message_id = message.message_id;
     let id = format!("chatcmpl-{message_id}");
