@@ -45,13 +45,6 @@ pub async fn post_chat(
     metrics::counter!("gateway_chat_requests_total").increment(1);
     let started = Instant::now();
     let Json(request) = body?;
-    validate_text(&request.text, state.max_text_bytes)?;
-    let conversation_id = match request.conversation_id {
-        Some(id) if state.ids.is_owned_by(&id, &user.id) => id,
-        Some(_) => return Err(ApiError::unknown_conversation()),
-        None => state.ids.issue(&user.id),
-    };
-
     let idempotency_key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(request.conversation_id, &request.text);
     if let Some(key) = &idempotency_key {
@@ -66,19 +59,51 @@ pub async fn post_chat(
             return Ok((StatusCode::ACCEPTED, Json(previous.answer)).into_response());
         }
     }
-    rate_limit(&state, &user)?;
-
-    let mut message = UserMessage::new(conversation_id, user.id.clone(), request.text);
-    if let Some(key) = &idempotency_key {
-        // Retries that reach another replica carry the same id, so downstream
-        // idempotence (memory point ids, the stream's attempt handling) applies.
+    // Retries that reach another replica carry the same id, so downstream idempotence
+    // (memory point ids, the stream's attempt handling) applies.
+    let message_id = idempotency_key.as_ref().map(|key| {
         let name = format!("{}\n{key}", user.id);
-        message.message_id = Uuid::new_v5(&IDEMPOTENT_MESSAGE_NAMESPACE, name.as_bytes());
+        Uuid::new_v5(&IDEMPOTENT_MESSAGE_NAMESPACE, name.as_bytes())
+    });
+    let message = accept(&state, &user, request.conversation_id, request.text, message_id).await?;
+    let conversation_id = message.conversation_id;
+    let answer = json!({
+        "message_id": message.message_id,
+        "conversation_id": conversation_id,
+        "stream_url": format!("/stream?conversation_id={conversation_id}"),
+    });
+    if let Some(key) = &idempotency_key {
+        state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: answer.clone() });
+    }
+    metrics::histogram!("gateway_chat_seconds").record(started.elapsed().as_secs_f64());
+    Ok((StatusCode::ACCEPTED, Json::<Value>(answer)).into_response())
+}
+
+/// Checks a chat message (text, conversation ownership, rate limit) and publishes it to
+/// `user_messages`; `Ok` only once the broker acknowledged it, 503 when it did not.
+/// Shared by `POST /chat` and the OpenAI-compatible façade.
+pub(super) async fn accept(
+    state: &AppState,
+    user: &User,
+    conversation_id: Option<Uuid>,
+    text: String,
+    message_id: Option<Uuid>,
+) -> Result<UserMessage, ApiError> {
+    validate_text(&text, state.max_text_bytes)?;
+    let conversation_id = match conversation_id {
+        Some(id) if state.ids.is_owned_by(&id, &user.id) => id,
+        Some(_) => return Err(ApiError::unknown_conversation()),
+        None => state.ids.issue(&user.id),
+    };
+    rate_limit(state, user)?;
+
+    let mut message = UserMessage::new(conversation_id, user.id.clone(), text);
+    if let Some(id) = message_id {
+        message.message_id = id;
     }
     let trace = TraceParent::new_root();
     let span = tracing::info_span!("chat", message_id = %message.message_id,
         conversation_id = %conversation_id, trace_id = %trace.trace_id_hex());
-
     let produce_started = Instant::now();
     let produced = publish(&state.producer, &message, &trace, state.kafka.produce_timeout)
         .instrument(span.clone())
@@ -91,18 +116,9 @@ pub async fn post_chat(
         );
         return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
     }
-    state.hub.note_accepted(message.message_id);
-    let answer = json!({
-        "message_id": message.message_id,
-        "conversation_id": conversation_id,
-        "stream_url": format!("/stream?conversation_id={conversation_id}"),
-    });
-    if let Some(key) = &idempotency_key {
-        state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: answer.clone() });
-    }
     span.in_scope(|| tracing::info!("message accepted"));
-    metrics::histogram!("gateway_chat_seconds").record(started.elapsed().as_secs_f64());
-    Ok((StatusCode::ACCEPTED, Json::<Value>(answer)).into_response())
+    state.hub.note_accepted(message.message_id);
+    Ok(message)
 }
 
 fn validate_text(text: &str, max_bytes: usize) -> Result<(), ApiError> {
@@ -143,7 +159,7 @@ fn fingerprint(conversation_id: Option<Uuid>, text: &str) -> u64 {
 }
 
 /// Applies the per-user rate limit (429 with Retry-After when exceeded).
-pub(super) fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
+fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
     let Some(limiter) = &state.rate_limiter else { return Ok(()) };
     limiter.check_key(&user.id).map_err(|not_until| {
         metrics::counter!("gateway_rate_limited_total").increment(1);

@@ -19,7 +19,6 @@ use axum::{
     Json,
 };
 use futures::{stream, StreamExt};
-use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
@@ -106,33 +105,19 @@ pub async fn chat_completions(
     let text = text_of(&last.content).filter(|t| !t.trim().is_empty()).ok_or_else(|| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_text", "the last message has no text")
     })?;
-    if text.len() > state.max_text_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "text_too_long",
-            format!("text is {} bytes; the limit is {}", text.len(), state.max_text_bytes),
-        ));
-    }
-    let conversation_id =
-        match headers.get("x-conversation-id").map(|v| v.to_str().ok().and_then(|s| s.parse().ok())) {
-            None => state.ids.issue(&user.id),
-            Some(Some(id)) if state.ids.is_owned_by(&id, &user.id) => id,
-            Some(_) => return Err(ApiError::unknown_conversation()),
-        };
-    super::chat::rate_limit(&state, &user)?;
-
-    let message = UserMessage::new(conversation_id, user.id.clone(), text);
-    // Subscribe before publishing, so no reply event can come before the stream exists.
-    let subscription =
-        state.hub.subscribe(conversation_id, &user.id, None).map_err(|_| ApiError::unknown_conversation())?;
-    if let Err(err) =
-        publish(&state.producer, &message, &TraceParent::new_root(), state.kafka.produce_timeout).await
-    {
-        tracing::warn!(error = %err, message_id = %message.message_id, "broker did not acknowledge; answering 503");
-        return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
-    }
+    let conversation_id = match headers.get("x-conversation-id") {
+        None => None,
+        Some(v) => {
+            Some(v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(ApiError::unknown_conversation)?)
+        }
+    };
+    let message = super::chat::accept(&state, &user, conversation_id, text, None).await?;
     metrics::counter!("gateway_openai_requests_total").increment(1);
-    state.hub.note_accepted(message.message_id);
+    // Events that arrived before this subscription are in the hub's replay window.
+    let subscription = state
+        .hub
+        .subscribe(message.conversation_id, &user.id, None)
+        .map_err(|_| ApiError::unknown_conversation())?;
 
     let message_id = message.message_id;
     let id = format!("chatcmpl-{message_id}");
