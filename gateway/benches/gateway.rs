@@ -1,7 +1,8 @@
 //! Gateway benchmark against a real broker (tansu, SQLite storage):
 //! 1. ingest: `POST /chat` accepted per second and latency percentiles at fixed
 //!    concurrency, next to a raw rdkafka producer (same acks, same concurrency);
-//! 2. fan-out: the gateway's RSS holding N idle SSE streams.
+//! 2. fan-out: the gateway's RSS holding N idle SSE streams, next to N idle plain
+//!    keep-alive connections (the per-connection cost that is not SSE's).
 //!
 //! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
 //! Knobs: BENCH_CONCURRENCY (64), BENCH_SECS (10), BENCH_STREAMS (10000).
@@ -20,6 +21,7 @@ use std::{
 use common::*;
 use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -164,4 +166,24 @@ async fn main() {
         rss_mb(pid)
     );
     drop(open);
+
+    // 4. For comparison: the same number of idle HTTP/1.1 keep-alive connections (one
+    //    `GET /health` each, then silence) on a fresh gateway: the per-connection cost
+    //    that is not SSE's.
+    let plain = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0")]);
+    let address = plain.base.trim_start_matches("http://").to_string();
+    let mut sockets = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        socket.write_all(b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n").await.expect("request");
+        let mut buf = [0u8; 512];
+        let n = socket.read(&mut buf).await.expect("response");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        sockets.push(socket);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "{streams} idle keep-alive connections (no SSE): gateway RSS {:.1} MB (fresh process)",
+        rss_mb(plain.process.pid())
+    );
 }
