@@ -498,3 +498,27 @@ async fn rs256_tokens_are_checked_against_the_public_key() {
     let (status, _) = post_chat(&client, &gateway, &token("carol"), json!({"text": "hi"})).await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_body_never_arrives_times_out_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[("REQUEST_TIMEOUT_SECS", "1")]);
+    let address = gateway.base.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connect");
+    let head = format!(
+        "POST /chat HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":",
+        token("alice")
+    );
+    socket.write_all(head.as_bytes()).await.expect("send the head");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
