@@ -8,14 +8,7 @@ use std::{process::Command, time::Duration};
 
 use common::*;
 use fantoccini::{ClientBuilder, Locator};
-use platform::{
-    events::{decode, ReplyBody, UserMessage},
-    topics,
-};
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    Message,
-};
+use platform::events::ReplyBody;
 use serde_json::json;
 use testkit::{free_port, port_open, require_env, Process, Signal};
 use uuid::Uuid;
@@ -81,13 +74,7 @@ async fn the_chat_page_renders_a_streamed_reply_token_by_token() {
     client.find(Locator::Id("send")).await.expect("button").click().await.expect("click");
 
     // Play the responder: find the message the page posted.
-    let consumer: StreamConsumer = kafka.settings.stream_consumer("browser-test").expect("consumer");
-    consumer.subscribe(&[topics::USER_MESSAGES]).expect("subscribe");
-    let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
-        .await
-        .expect("the page posted a message")
-        .expect("record");
-    let message: UserMessage = decode(record.payload().expect("payload")).expect("user message");
+    let message = kafka.first_user_message("browser-test").await;
     assert_eq!(message.text, "What is the capital of France?");
     assert_eq!(message.user_id, "anonymous");
 

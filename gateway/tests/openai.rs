@@ -14,14 +14,7 @@ use async_openai::{
 };
 use common::*;
 use futures::StreamExt;
-use platform::{
-    events::{decode, UserMessage},
-    topics,
-};
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    Message,
-};
+use platform::events::UserMessage;
 use uuid::Uuid;
 
 fn client(gateway: &Gateway, user: &str) -> Client<OpenAIConfig> {
@@ -43,13 +36,7 @@ fn request(stream: bool) -> CreateChatCompletionRequest {
 
 /// Waits for the next user message in Kafka and answers it with `words`.
 async fn respond(kafka: &Kafka, group: &str, words: &[&str]) -> UserMessage {
-    let consumer: StreamConsumer = kafka.settings.stream_consumer(group).expect("consumer");
-    consumer.subscribe(&[topics::USER_MESSAGES]).expect("subscribe");
-    let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
-        .await
-        .expect("a message")
-        .expect("record");
-    let message: UserMessage = decode(record.payload().expect("payload")).expect("user message");
+    let message = kafka.first_user_message(group).await;
     kafka.reply(&message, Uuid::new_v4(), reply_bodies(words)).await;
     message
 }

@@ -13,9 +13,14 @@ use futures::{Stream, StreamExt};
 use jsonwebtoken::{encode, EncodingKey, Header};
 use platform::{
     bootstrap::{self, Plan},
-    events::{ModelResponse, ReplyBody, UserMessage},
+    events::{decode, ModelResponse, ReplyBody, UserMessage},
     kafka::{publish, KafkaSettings},
+    topics,
     trace_context::TraceParent,
+};
+use rdkafka::{
+    consumer::{Consumer, StreamConsumer},
+    Message,
 };
 use serde_json::json;
 use testkit::{free_port, http_status, Broker, Process, Signal};
@@ -36,6 +41,18 @@ impl Kafka {
         let settings = KafkaSettings::plaintext(broker.bootstrap_servers());
         bootstrap::run(&settings, &Plan::stack(2, 1), Duration::from_secs(30)).await.expect("bootstrap");
         Self { broker, settings }
+    }
+
+    /// Plays the responder's input side: the first message in `user_messages`, read in
+    /// a fresh consumer group (fails after 20 s).
+    pub async fn first_user_message(&self, group: &str) -> UserMessage {
+        let consumer: StreamConsumer = self.settings.stream_consumer(group).expect("consumer");
+        consumer.subscribe(&[topics::USER_MESSAGES]).expect("subscribe");
+        let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .expect("a user message within 20 s")
+            .expect("record");
+        decode(record.payload().expect("payload")).expect("a user message")
     }
 
     /// Plays the responder: writes `events` for `message` to `model_responses`.
