@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use async_openai::{config::OpenAIConfig, Client};
+use async_openai::{config::OpenAIConfig, middleware::ReqwestService, Client};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::settings::{Env, SettingsError};
@@ -68,8 +68,9 @@ impl Endpoint {
         })
     }
 
-    /// An `async-openai` client for this endpoint. Connect and read timeouts bound a
-    /// server that hangs; a slow but steady stream is not cut off.
+    /// An `async-openai` client for this endpoint that sends each request once (no
+    /// built-in retries). Connect and read timeouts bound a server that hangs; a slow
+    /// but steady stream is not cut off.
     pub fn client(&self) -> anyhow::Result<Client<OpenAIConfig>> {
         let mut config = OpenAIConfig::new().with_api_base(&self.base_url);
         if let Some(key) = &self.api_key {
@@ -80,7 +81,9 @@ impl Endpoint {
             .read_timeout(self.timeout)
             .build()
             .context("building the HTTP client")?;
-        Ok(Client::with_config(config).with_http_client(http))
+        // Without async-openai's own retry layer (3 retries on 429/5xx by default): the
+        // caller owns the retry policy, so that "N attempts" means N requests.
+        Ok(Client::with_config(config).with_http_service(ReqwestService::new(http)))
     }
 }
 
