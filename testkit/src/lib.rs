@@ -282,9 +282,20 @@ impl QdrantServer {
 
     /// Stops the server (SIGTERM) and starts it again on the same data.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.start_process()
+    }
+
+    /// Stops the server (SIGTERM); [`QdrantServer::start_again`] brings it back.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut p) = self.process.take() {
             p.stop_with(Signal::SIGTERM, Duration::from_secs(15))?;
         }
+        Ok(())
+    }
+
+    /// Starts a stopped server on the same port and data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.start_process()
     }
 }
