@@ -56,6 +56,8 @@ enum Command {
         #[arg(long, env = "INIT_TIMEOUT_SECS", default_value_t = 60)]
         timeout_secs: u64,
     },
+    /// Validate the `serve` settings from the environment and exit (no network).
+    CheckConfig,
 }
 
 #[tokio::main]
@@ -68,18 +70,31 @@ async fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Serve => serve(&env).await,
+        Command::CheckConfig => check_config(&env),
         Command::Init { partitions, replication, timeout_secs } => {
             init(&env, partitions, replication, timeout_secs).await
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.chain().any(|e| e.is::<platform::settings::SettingsError>()) => {
+            tracing::error!(error = format!("{err:#}"), "configuration error");
+            eprintln!("gateway: {err:#}");
+            ExitCode::from(2)
+        }
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "gateway failed");
             eprintln!("gateway: {err:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_config(env: &Env) -> anyhow::Result<()> {
+    GatewaySettings::from_env(env).context("configuration error")?;
+    Authenticator::from_env(env).context("configuration error")?;
+    println!("gateway: configuration ok");
+    Ok(())
 }
 
 async fn init(env: &Env, partitions: i32, replication: i32, timeout_secs: u64) -> anyhow::Result<()> {
