@@ -1,0 +1,70 @@
+//! Opportunistic batching: concurrent `store` calls that arrive while a batch is being
+//! embedded are embedded and upserted together as the next batch. A lone call is
+//! handled at once, so batching adds no latency when the worker is quiet.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    embed::{EmbedError, Embedder},
+    store::{Memory, MemoryStore},
+};
+
+/// Why a memory was not stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreFailure {
+    /// Qdrant or the embeddings service is unreachable: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The embedder failed on this input.
+    #[error("{0}")]
+    Failed(String),
+}
+
+type Request = (Memory, oneshot::Sender<Result<(), StoreFailure>>);
+
+/// Handle to the batching task.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Batcher {
+    /// Starts the batching task; `batch_size` 1 turns batching off.
+    pub fn spawn(embedder: Embedder, store: MemoryStore, batch_size: usize) -> Self {
+        let (tx, rx) = mpsc::channel(batch_size.max(1) * 4);
+        tokio::spawn(run(embedder, store, batch_size.max(1), rx));
+        Self { tx }
+    }
+
+    /// Embeds and stores one memory; resolves once it is in Qdrant.
+    pub async fn store(&self, memory: Memory) -> Result<(), StoreFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((memory, reply)).await.map_err(|_| StoreFailure::Failed("batcher stopped".into()))?;
+        answer.await.map_err(|_| StoreFailure::Failed("batcher dropped the request".into()))?
+    }
+}
+
+async fn run(embedder: Embedder, store: MemoryStore, batch_size: usize, mut rx: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(batch_size);
+    while rx.recv_many(&mut batch, batch_size).await > 0 {
+        let result = store_batch(&embedder, &store, &batch).await;
+        metrics::histogram!("memory_batch_size").record(batch.len() as f64);
+        for (_, reply) in batch.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+async fn store_batch(
+    embedder: &Embedder,
+    store: &MemoryStore,
+    batch: &[Request],
+) -> Result<(), StoreFailure> {
+    let texts = batch.iter().map(|(m, _)| m.text.clone()).collect();
+    let vectors = embedder.embed(texts).await.map_err(|e| match e {
+        EmbedError::Unavailable(msg) => StoreFailure::Unavailable(msg),
+        EmbedError::Failed(msg) => StoreFailure::Failed(msg),
+    })?;
+    let points: Vec<_> = batch.iter().map(|(m, _)| m.clone()).zip(vectors).collect();
+    store.upsert(&points).await.map_err(|e| StoreFailure::Unavailable(e.to_string()))
+}

@@ -1,0 +1,92 @@
+//! The prompt: the system prompt, what memory recalled, the conversation's recent
+//! turns, then the new message. A pure function, so what reaches the model is tested
+//! directly.
+
+use platform::events::{Role, UserMessage};
+
+use crate::store::Memory;
+
+/// The system prompt used when `SYSTEM_PROMPT` is not set.
+pub const DEFAULT_SYSTEM_PROMPT: &str =
+    "You are a helpful, concise assistant. Use what you remember about the user when it helps.";
+
+/// One message of the prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: &'static str,
+    /// Its text.
+    pub content: String,
+}
+
+/// Builds the prompt. `similar` holds memories from any of the user's conversations;
+/// those already among `recent` are not repeated.
+pub fn build(
+    system: &str,
+    similar: &[Memory],
+    recent: &[Memory],
+    message: &UserMessage,
+) -> Vec<PromptMessage> {
+    let mut system = system.to_string();
+    let extra: Vec<&Memory> = similar
+        .iter()
+        .filter(|m| m.message_id != message.message_id && !recent.iter().any(|r| r.point_id == m.point_id))
+        .collect();
+    if !extra.is_empty() {
+        system.push_str("\n\nWhat you remember from earlier conversations with this user:");
+        for m in extra {
+            let who = match m.role {
+                Role::User => "The user said",
+                Role::Assistant => "You said",
+            };
+            system.push_str(&format!("\n- {who}: {}", m.text));
+        }
+    }
+    let mut prompt = vec![PromptMessage { role: "system", content: system }];
+    prompt.extend(
+        recent
+            .iter()
+            .filter(|m| m.message_id != message.message_id)
+            .map(|m| PromptMessage { role: m.role.as_str(), content: m.text.clone() }),
+    );
+    prompt.push(PromptMessage { role: "user", content: message.text.clone() });
+    prompt
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::memory::turn;
+
+    #[test]
+    fn recent_turns_become_chat_messages_and_similar_ones_join_the_system_prompt() {
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "What is my cat called?");
+        let earlier = Uuid::new_v4();
+        let recent = vec![
+            turn(earlier, msg.conversation_id, "alice".into(), Role::User, "Hi there".into(), 1),
+            turn(earlier, msg.conversation_id, "alice".into(), Role::Assistant, "Hello!".into(), 2),
+        ];
+        let other =
+            turn(Uuid::new_v4(), Uuid::new_v4(), "alice".into(), Role::User, "My cat is Tom".into(), 0);
+        // Recalled twice (similar and recent) and the message itself: neither repeats.
+        let itself =
+            turn(msg.message_id, msg.conversation_id, "alice".into(), Role::User, msg.text.clone(), 3);
+        let similar = vec![other, recent[0].clone(), itself.clone()];
+        let recent_with_itself = [recent.clone(), vec![itself]].concat();
+        let prompt = build("Be brief.", &similar, &recent_with_itself, &msg);
+        let roles: Vec<_> = prompt.iter().map(|m| m.role).collect();
+        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(prompt[0].content, "Be brief.\n\nWhat you remember from earlier conversations with this user:\n- The user said: My cat is Tom");
+        assert_eq!(prompt[3].content, "What is my cat called?");
+    }
+
+    #[test]
+    fn without_memories_the_prompt_is_the_system_prompt_and_the_message() {
+        let msg = UserMessage::new(Uuid::new_v4(), "bob", "Hello");
+        let prompt = build(DEFAULT_SYSTEM_PROMPT, &[], &[], &msg);
+        assert_eq!(prompt.len(), 2);
+        assert_eq!(prompt[0].content, DEFAULT_SYSTEM_PROMPT);
+    }
+}

@@ -1,0 +1,158 @@
+//! Streaming one reply: LLM deltas become `token` events (the first at once, later ones
+//! coalesced for a few milliseconds), then one `done`.
+
+use std::time::Duration;
+
+use async_openai::{
+    config::OpenAIConfig,
+    error::OpenAIError,
+    types::chat::{
+        ChatCompletionRequestAssistantMessageArgs, ChatCompletionRequestMessage,
+        ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs,
+        ChatCompletionStreamOptions, CreateChatCompletionRequestArgs,
+    },
+    Client,
+};
+use futures::StreamExt;
+use platform::events::{ModelResponse, ReplyBody, Usage, UserMessage};
+use uuid::Uuid;
+
+use super::prompt::PromptMessage;
+use crate::{
+    embed::remote::is_retryable,
+    runtime::handler::{Context, HandlerError},
+};
+
+/// How long later deltas may wait to be published together.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// What to ask the model.
+pub struct Request<'a> {
+    /// Model name.
+    pub model: &'a str,
+    /// Longest reply, in tokens.
+    pub max_tokens: u32,
+    /// Sampling temperature, if set.
+    pub temperature: Option<f32>,
+    /// The prompt.
+    pub prompt: &'a [PromptMessage],
+}
+
+/// Asks the model and publishes the reply to `message` as attempt `attempt`.
+pub async fn reply(
+    llm: &Client<OpenAIConfig>,
+    request: Request<'_>,
+    message: &UserMessage,
+    attempt: Uuid,
+    ctx: &Context<'_>,
+) -> Result<(), HandlerError> {
+    let request = chat_request(&request)?;
+    let started = std::time::Instant::now();
+    let mut stream = llm.chat().create_stream(request).await.map_err(classify)?;
+    let event = |body| ModelResponse::for_message(message, attempt, body);
+
+    let (mut text, mut pending) = (String::new(), String::new());
+    let (mut seq, mut usage, mut finish_reason) = (0u32, None, None);
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            chunk = stream.next() => {
+                let Some(chunk) = chunk else { break };
+                let chunk = chunk.map_err(classify)?;
+                if let Some(u) = chunk.usage {
+                    usage = Some(Usage {
+                        prompt_tokens: u.prompt_tokens,
+                        completion_tokens: u.completion_tokens,
+                        total_tokens: u.total_tokens,
+                    });
+                }
+                for choice in chunk.choices {
+                    if let Some(delta) = choice.delta.content.filter(|d| !d.is_empty()) {
+                        text.push_str(&delta);
+                        pending.push_str(&delta);
+                    }
+                    if let Some(reason) = choice.finish_reason {
+                        finish_reason = serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(String::from));
+                    }
+                }
+                if pending.is_empty() {
+                    continue;
+                }
+                if seq == 0 {
+                    // The first token goes out the moment it exists: it is what the
+                    // user waits for.
+                    metrics::histogram!("responder_llm_first_token_seconds").record(started.elapsed().as_secs_f64());
+                    ctx.publish(&event(ReplyBody::Token { seq, delta: std::mem::take(&mut pending) })).await?;
+                    seq += 1;
+                } else if flush_at.is_none() {
+                    flush_at = Some(tokio::time::Instant::now() + COALESCE);
+                }
+            }
+            _ = async { tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)).await }, if flush_at.is_some() => {
+                flush_at = None;
+                ctx.publish(&event(ReplyBody::Token { seq, delta: std::mem::take(&mut pending) })).await?;
+                seq += 1;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        ctx.publish(&event(ReplyBody::Token { seq, delta: std::mem::take(&mut pending) })).await?;
+        seq += 1;
+    }
+    let Some(finish_reason) = finish_reason else {
+        // A stream cut short without a finish reason is not a whole answer.
+        return Err(HandlerError::Transient(anyhow::anyhow!("the LLM stream ended without a finish reason")));
+    };
+    metrics::histogram!("responder_llm_reply_seconds").record(started.elapsed().as_secs_f64());
+    ctx.publish(&event(ReplyBody::Done { text, usage, finish_reason, token_events: seq })).await
+}
+
+fn chat_request(
+    request: &Request<'_>,
+) -> Result<async_openai::types::chat::CreateChatCompletionRequest, HandlerError> {
+    let invalid = |e: OpenAIError| HandlerError::Invalid(anyhow::anyhow!("building the LLM request: {e}"));
+    let messages = request
+        .prompt
+        .iter()
+        .map(|m| -> Result<ChatCompletionRequestMessage, OpenAIError> {
+            Ok(match m.role {
+                "system" => ChatCompletionRequestSystemMessageArgs::default()
+                    .content(m.content.as_str())
+                    .build()?
+                    .into(),
+                "assistant" => ChatCompletionRequestAssistantMessageArgs::default()
+                    .content(m.content.as_str())
+                    .build()?
+                    .into(),
+                _ => ChatCompletionRequestUserMessageArgs::default()
+                    .content(m.content.as_str())
+                    .build()?
+                    .into(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    let mut args = CreateChatCompletionRequestArgs::default();
+    if let Some(t) = request.temperature {
+        args.temperature(t);
+    }
+    args.model(request.model)
+        .max_completion_tokens(request.max_tokens)
+        .stream(true)
+        .stream_options(ChatCompletionStreamOptions { include_usage: Some(true), ..Default::default() })
+        .messages(messages)
+        .build()
+        .map_err(invalid)
+}
+
+/// Rate limits, server errors, timeouts and broken connections are worth retrying;
+/// a request the server rejects (4xx) is not.
+fn classify(err: OpenAIError) -> HandlerError {
+    match &err {
+        OpenAIError::ApiError(api) if !is_retryable(api.status_code) => {
+            HandlerError::Invalid(anyhow::anyhow!("the LLM rejected the request: {err}"))
+        }
+        OpenAIError::InvalidArgument(_) => HandlerError::Invalid(anyhow::anyhow!("{err}")),
+        _ => HandlerError::Transient(anyhow::anyhow!("LLM: {err}")),
+    }
+}

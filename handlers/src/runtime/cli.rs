@@ -1,0 +1,171 @@
+//! The command line every handler binary shares: `run`, `lambda`, `check-config`.
+
+use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use platform::settings::{Env, SettingsError};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::watch,
+};
+
+use super::{
+    consumer::{self, RunOptions},
+    handler::Handler,
+    invoke, server,
+    settings::{Retrying, RuntimeSettings},
+    status::Status,
+};
+
+/// A handler that can be configured from the environment and built.
+pub trait App: Handler + Sized {
+    /// The handler's own settings.
+    type Settings: Send + 'static;
+
+    /// Reads and validates the settings; no network, no model loading.
+    fn settings(env: &Env) -> Result<Self::Settings, SettingsError>;
+
+    /// Connects and loads what the handler needs.
+    fn build(
+        settings: Self::Settings,
+        status: Arc<Status>,
+    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
+}
+
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume from Kafka until SIGTERM (what KEDA scales); settings from the environment.
+    Run {
+        /// Drain and exit 0 after this many seconds without records (ScaledJob runs).
+        #[arg(long, value_name = "SECS")]
+        exit_when_idle: Option<u64>,
+    },
+    /// Serve the invoke entry on the AWS Lambda runtime API (AWS_LAMBDA_RUNTIME_API).
+    Lambda,
+    /// Validate the settings from the environment and exit (no network, no model).
+    CheckConfig,
+}
+
+/// Parses the command line and runs the handler `A`; `about` is the `--help` text.
+pub fn main<A: App>(about: &'static str) -> ExitCode {
+    let matches = Cli::command().name(A::NAME).bin_name(A::NAME).about(about).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let env = Env::from_process();
+    if let Err(err) = platform::telemetry::init(&env, A::NAME) {
+        eprintln!("{}: configuration error: {err}", A::NAME);
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{}: cannot start the async runtime: {err}", A::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::CheckConfig => check_config::<A>(&env),
+            Command::Run { exit_when_idle } => run::<A>(&env, exit_when_idle.map(Duration::from_secs)).await,
+            Command::Lambda => lambda::<A>(&env).await,
+        }
+    });
+    // Tasks still waiting on the network must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is::<SettingsError>() || err.chain().any(|e| e.is::<SettingsError>()) => {
+            tracing::error!(error = format!("{err:#}"), "configuration error");
+            eprintln!("{}: configuration error: {err:#}", A::NAME);
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "{} failed", A::NAME);
+            eprintln!("{}: {err:#}", A::NAME);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config<A: App>(env: &Env) -> anyhow::Result<()> {
+    RuntimeSettings::from_env(env, A::NAME)?;
+    A::settings(env)?;
+    println!("{}: configuration ok", A::NAME);
+    Ok(())
+}
+
+async fn run<A: App>(env: &Env, exit_when_idle: Option<Duration>) -> anyhow::Result<()> {
+    let settings = RuntimeSettings::from_env(env, A::NAME)?;
+    let app_settings = A::settings(env)?;
+    let status = Status::new();
+    let metrics = server::install_metrics()?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(settings.listen, status.clone(), metrics, shutdown_rx.clone()));
+    // A server that cannot bind is a configuration problem: say so before connecting.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    if server.is_finished() {
+        return server.await.context("health server task")?;
+    }
+    let shutdown_for_signal = shutdown_tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = shutdown_for_signal.send(true);
+    });
+    let handler = Arc::new(A::build(app_settings, status.clone()).await?);
+    tracing::info!(
+        elapsed_ms = status.started().elapsed().as_millis() as u64,
+        "handler built (models loaded)"
+    );
+    let result = consumer::run(handler, &settings, status, shutdown_rx, RunOptions { exit_when_idle }).await;
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    result
+}
+
+async fn lambda<A: App>(env: &Env) -> anyhow::Result<()> {
+    // lambda_runtime panics without these; name the missing one instead.
+    for name in [
+        "AWS_LAMBDA_RUNTIME_API",
+        "AWS_LAMBDA_FUNCTION_NAME",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        "AWS_LAMBDA_FUNCTION_VERSION",
+    ] {
+        env.required(name, "set by the Lambda runtime (or an emulator) in lambda mode")?;
+    }
+    let retrying = Retrying::from_env(env)?;
+    let status = Status::new();
+    status.set_assigned(true);
+    let handler = Arc::new(A::build(A::settings(env)?, status).await?);
+    tracing::info!("serving the invoke entry on the Lambda runtime API");
+    lambda_http::run(lambda_http::service_fn(move |request| {
+        let handler = handler.clone();
+        async move { Ok::<_, std::convert::Infallible>(invoke::invoke(&*handler, retrying, request).await) }
+    }))
+    .await
+    .map_err(|err| anyhow::anyhow!("Lambda runtime: {err}"))
+}
+
+async fn wait_for_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
+}

@@ -1,0 +1,511 @@
+//! The Kafka loop (what KEDA scales): consume, decode, handle with per-conversation
+//! ordering and bounded concurrency, retry, dead-letter, and commit a record only
+//! after every output it produced was acknowledged.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use platform::{
+    lag::{self, OffsetResetPolicy},
+    trace_context::TraceParent,
+};
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    message::OwnedMessage,
+    producer::{FutureProducer, Producer},
+    ClientContext, Message, Offset, TopicPartitionList,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::{
+    dead_letter,
+    handler::{Context, Handler, HandlerError, Sink},
+    lanes::Lanes,
+    offsets::{OffsetTracker, Partition},
+    settings::RuntimeSettings,
+    status::{metric, Status},
+};
+
+/// How `run` ends besides SIGTERM.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Drain and exit after this long without records (ScaledJob-style runs).
+    pub exit_when_idle: Option<Duration>,
+}
+
+/// Consumes the handler's topics until `shutdown` turns true (or the process has been
+/// idle for `exit_when_idle`), then drains within the grace period, commits and leaves
+/// the group.
+pub async fn run<H: Handler>(
+    handler: Arc<H>,
+    settings: &RuntimeSettings,
+    status: Arc<Status>,
+    mut shutdown: watch::Receiver<bool>,
+    options: RunOptions,
+) -> anyhow::Result<()> {
+    let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
+    let context = GroupContext { tracker: tracker.clone(), status: status.clone() };
+    let consumer: StreamConsumer<GroupContext> = settings
+        .kafka
+        .consumer_config(handler.group())
+        .create_with_context(context)
+        .with_context(|| format!("creating the consumer of group {}", handler.group()))?;
+    consumer.subscribe(handler.topics()).context("subscribing")?;
+    let producer = settings.kafka.producer()?;
+    let sink = Arc::new(Sink::Kafka { producer: producer.clone(), timeout: settings.kafka.produce_timeout });
+    let lag_task =
+        tokio::spawn(report_lag(settings.clone(), handler.group(), handler.topics(), shutdown.clone()));
+    tracing::info!(group = handler.group(), topics = ?handler.topics(), "consuming");
+
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let worker = Worker {
+        handler,
+        sink,
+        producer: producer.clone(),
+        settings: settings.clone(),
+        status,
+        done: done_tx,
+    };
+    let mut lanes: Lanes<Job<H::Input>> = Lanes::new(settings.concurrency);
+    // Records fetched ahead of the workers; beyond this the loop stops fetching.
+    let capacity = settings.concurrency * 4;
+    let mut commit_tick = tokio::time::interval(Duration::from_millis(200));
+    commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_activity = Instant::now();
+    let mut first_record = true;
+
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    tracing::info!("stopping: no more fetching, draining records in flight");
+                    break;
+                }
+            }
+            Some(finished) = done_rx.recv() => {
+                last_activity = Instant::now();
+                finished.apply(&tracker);
+                for (key, job) in lanes.finish(&finished.key) {
+                    worker.start(key, job, &tracker, shutdown.clone());
+                }
+            }
+            received = consumer.recv(), if lanes.held() < capacity => {
+                match received {
+                    Ok(message) => {
+                        last_activity = Instant::now();
+                        if first_record {
+                            first_record = false;
+                            let cold = worker.status.started().elapsed();
+                            metrics::gauge!(metric::COLD_START, "handler" => H::NAME).set(cold.as_secs_f64());
+                            tracing::info!(cold_start_ms = cold.as_millis() as u64, "first record received");
+                        }
+                        if let Some((key, job)) = worker.accept(message.detach(), &tracker) {
+                            if let Some(job) = lanes.push(key.clone(), job) {
+                                worker.start(key, job, &tracker, shutdown.clone());
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "consumer error; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            _ = commit_tick.tick() => {
+                commit(&consumer, &tracker, CommitMode::Async);
+                metrics::gauge!(metric::IN_FLIGHT, "handler" => H::NAME).set(lanes.held() as f64);
+                if let Some(idle) = options.exit_when_idle {
+                    if lanes.held() == 0 && last_activity.elapsed() >= idle {
+                        tracing::info!(idle_secs = idle.as_secs(), "idle: exiting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    // Drain: records already running may finish within the grace period; records that
+    // have not started stay uncommitted and go to whoever reads the partition next.
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    while lanes.running() > 0 {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(finished)) => {
+                finished.apply(&tracker);
+                let _ = lanes.finish(&finished.key);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    abandoned = lanes.running(),
+                    "grace period over: abandoning records in flight"
+                );
+                break;
+            }
+        }
+    }
+    commit(&consumer, &tracker, CommitMode::Sync);
+    lag_task.abort();
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("producer flush incomplete at shutdown");
+    }
+    // Leaving the group now hands the partitions over at once instead of after the
+    // session timeout.
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::info!("left the group");
+    Ok(())
+}
+
+/// Work decided for one record when it arrived.
+enum Work<I> {
+    Handle(I),
+    DeadLetter(String),
+}
+
+struct Job<I> {
+    record: OwnedMessage,
+    partition: Partition,
+    generation: u64,
+    work: Work<I>,
+    received: Instant,
+}
+
+/// How processing one record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Handled or dead-lettered: its offset may be committed.
+    Done,
+    /// Given up at shutdown: must be redelivered.
+    Abandoned,
+}
+
+struct Finished {
+    key: Vec<u8>,
+    partition: Partition,
+    offset: i64,
+    generation: u64,
+    outcome: Outcome,
+}
+
+impl Finished {
+    fn apply(&self, tracker: &Mutex<OffsetTracker>) {
+        if self.outcome == Outcome::Done {
+            lock(tracker).finish(&self.partition, self.offset, self.generation);
+        }
+    }
+}
+
+struct Worker<H: Handler> {
+    handler: Arc<H>,
+    sink: Arc<Sink>,
+    producer: FutureProducer,
+    settings: RuntimeSettings,
+    status: Arc<Status>,
+    done: mpsc::UnboundedSender<Finished>,
+}
+
+impl<H: Handler> Worker<H> {
+    /// Registers a record and decodes it; returns its lane key and job unless there is
+    /// nothing to do.
+    fn accept(
+        &self,
+        record: OwnedMessage,
+        tracker: &Mutex<OffsetTracker>,
+    ) -> Option<(Vec<u8>, Job<H::Input>)> {
+        let partition = (record.topic().to_string(), record.partition());
+        let generation = lock(tracker).start(&partition, record.offset());
+        let work = match record.payload() {
+            None => Work::DeadLetter("record has no value".into()),
+            Some(payload) => match self.handler.decode(record.topic(), payload) {
+                Ok(Some(input)) => Work::Handle(input),
+                Ok(None) => {
+                    lock(tracker).finish(&partition, record.offset(), generation);
+                    metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "skipped")
+                        .increment(1);
+                    return None;
+                }
+                Err(err) => Work::DeadLetter(format!("cannot decode: {err}")),
+            },
+        };
+        let key = record.key().map(<[u8]>::to_vec).unwrap_or_default();
+        Some((key, Job { record, partition, generation, work, received: Instant::now() }))
+    }
+
+    /// Runs a job on its own task; reports back on `done`.
+    fn start(
+        &self,
+        key: Vec<u8>,
+        job: Job<H::Input>,
+        tracker: &Mutex<OffsetTracker>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let finished = |outcome| Finished {
+            key: key.clone(),
+            partition: job.partition.clone(),
+            offset: job.record.offset(),
+            generation: job.generation,
+            outcome,
+        };
+        if !lock(tracker).is_current(&job.partition, job.generation) {
+            // The partition was revoked while this job waited: its new owner reads it.
+            let _ = self.done.send(finished(Outcome::Abandoned));
+            return;
+        }
+        let report = finished(Outcome::Done);
+        let (handler, sink, producer, settings, status, done) = (
+            self.handler.clone(),
+            self.sink.clone(),
+            self.producer.clone(),
+            self.settings.clone(),
+            self.status.clone(),
+            self.done.clone(),
+        );
+        tokio::spawn(async move {
+            let outcome = process(&*handler, &sink, &producer, &settings, &status, &job, shutdown).await;
+            let _ = done.send(Finished { outcome, ..report });
+        });
+    }
+}
+
+async fn process<H: Handler>(
+    handler: &H,
+    sink: &Sink,
+    producer: &FutureProducer,
+    settings: &RuntimeSettings,
+    status: &Status,
+    job: &Job<H::Input>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Outcome {
+    let record = &job.record;
+    let trace =
+        TraceParent::from_headers(record.headers()).map(|t| t.child()).unwrap_or_else(TraceParent::new_root);
+    let span = tracing::info_span!(
+        "record",
+        handler = H::NAME,
+        topic = record.topic(),
+        partition = record.partition(),
+        offset = record.offset(),
+        trace_id = %trace.trace_id_hex(),
+        message_id = tracing::field::Empty,
+        conversation_id = tracing::field::Empty,
+    );
+    let input = match &job.work {
+        Work::DeadLetter(reason) => {
+            return dead_letter_until_acked(H::NAME, producer, settings, record, reason, 0, &mut shutdown)
+                .instrument(span)
+                .await;
+        }
+        Work::Handle(input) => input,
+    };
+    let (message_id, conversation_id) = handler.ids(input);
+    span.record("message_id", tracing::field::display(message_id));
+    span.record("conversation_id", tracing::field::display(conversation_id));
+    async move {
+        let mut delays = settings.retrying.policy.delays();
+        let mut attempt = 0;
+        let mut was_unavailable = false;
+        loop {
+            attempt += 1;
+            let ctx = Context::new(sink, trace, attempt);
+            let result = match handler.handle(input, &ctx).await {
+                Ok(()) => ctx.flush().await,
+                Err(err) => {
+                    // Outputs already on their way are awaited so a retry starts clean.
+                    let _ = ctx.flush().await;
+                    Err(err)
+                }
+            };
+            let error = match result {
+                Ok(()) => {
+                    if was_unavailable {
+                        status.dependency_recovered();
+                    }
+                    let elapsed = job.received.elapsed().as_secs_f64();
+                    metrics::histogram!(metric::LATENCY, "handler" => H::NAME).record(elapsed);
+                    metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "ok").increment(1);
+                    tracing::info!(attempt, latency_ms = (elapsed * 1000.0) as u64, "handled");
+                    return Outcome::Done;
+                }
+                Err(HandlerError::Unavailable(err)) => {
+                    // Not counted as an attempt: the input is fine, the world is not.
+                    attempt -= 1;
+                    was_unavailable = true;
+                    status.dependency_failed();
+                    tracing::warn!(error = format!("{err:#}"), "dependency unavailable; will retry, not committing");
+                    None
+                }
+                Err(err @ HandlerError::Transient(_)) if attempt < settings.retrying.max_attempts => {
+                    tracing::warn!(attempt, error = %err, "attempt failed; will retry");
+                    None
+                }
+                Err(err) => Some(err),
+            };
+            metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "retried").increment(1);
+            if let Some(err) = error {
+                tracing::error!(attempts = attempt, error = %err, "giving up: dead-lettering the record");
+                let ctx = Context::new(sink, trace, attempt);
+                handler.give_up(input, &err, &ctx).await;
+                if let Err(flush) = ctx.flush().await {
+                    tracing::warn!(error = %flush, "the give-up notice was not acknowledged");
+                }
+                return dead_letter_until_acked(
+                    H::NAME,
+                    producer,
+                    settings,
+                    record,
+                    &err.to_string(),
+                    attempt,
+                    &mut shutdown,
+                )
+                .await;
+            }
+            let delay = delays.next().unwrap_or(settings.retrying.policy.max);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|down| *down) => {
+                    metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "abandoned").increment(1);
+                    return Outcome::Abandoned;
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Dead-letters a record, retrying until the broker acknowledges or shutdown.
+async fn dead_letter_until_acked(
+    handler: &'static str,
+    producer: &FutureProducer,
+    settings: &RuntimeSettings,
+    record: &OwnedMessage,
+    error: &str,
+    attempts: u32,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Outcome {
+    let mut delays = settings.retrying.policy.delays();
+    loop {
+        match dead_letter::send(producer, record, handler, error, attempts, settings.kafka.produce_timeout)
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!(metric::RECORDS, "handler" => handler, "outcome" => "dead_lettered")
+                    .increment(1);
+                tracing::warn!(error, "record dead-lettered");
+                return Outcome::Done;
+            }
+            Err(err) => tracing::warn!(error = format!("{err:#}"), "dead-lettering failed; will retry"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delays.next().unwrap_or(settings.retrying.policy.max)) => {}
+            _ = shutdown.wait_for(|down| *down) => return Outcome::Abandoned,
+        }
+    }
+}
+
+/// Commits what the tracker allows.
+fn commit<C: Consumer<GroupContext>>(consumer: &C, tracker: &Mutex<OffsetTracker>, mode: CommitMode) {
+    let offsets = lock(tracker).to_commit();
+    if offsets.is_empty() {
+        return;
+    }
+    match commit_offsets(consumer, &offsets, mode) {
+        Ok(()) => {
+            let mut t = lock(tracker);
+            for (partition, offset) in &offsets {
+                t.committed(partition, *offset);
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "commit failed; will retry"),
+    }
+}
+
+fn commit_offsets<C: Consumer<GroupContext>>(
+    consumer: &C,
+    offsets: &[(Partition, i64)],
+    mode: CommitMode,
+) -> anyhow::Result<()> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&list, mode)?;
+    Ok(())
+}
+
+/// Keeps the offset tracker right across rebalances.
+struct GroupContext {
+    tracker: Arc<Mutex<OffsetTracker>>,
+    status: Arc<Status>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked: Vec<Partition> =
+                list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            // Commit what is done before someone else takes over; records still running
+            // here will be answered again by the new owner (at-least-once).
+            let offsets = lock(&self.tracker).revoke(&revoked);
+            if !offsets.is_empty() {
+                if let Err(err) = commit_offsets(consumer, &offsets, CommitMode::Sync) {
+                    tracing::warn!(error = %err, "commit on revoke failed");
+                }
+            }
+            self.status.set_assigned(false);
+            tracing::info!(partitions = revoked.len(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            self.status.set_assigned(true);
+            tracing::info!(
+                partitions = list.count(),
+                elapsed_ms = self.status.started().elapsed().as_millis() as u64,
+                "partitions assigned"
+            );
+        }
+    }
+}
+
+/// Publishes the group's total lag (as KEDA computes it) every few seconds.
+async fn report_lag(
+    settings: RuntimeSettings,
+    group: &'static str,
+    topics: &'static [&'static str],
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = match settings.kafka.base_consumer(group) {
+        Ok(c) => Arc::new(c),
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "no lag metric");
+            return;
+        }
+    };
+    loop {
+        let c = client.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            lag::group_lag(&*c, topics, OffsetResetPolicy::Earliest, Duration::from_secs(5))
+        })
+        .await;
+        if let Ok(Ok(lags)) = measured {
+            metrics::gauge!(metric::LAG, "group" => group).set(lag::total(&lags) as f64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait_for(|down| *down) => return,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

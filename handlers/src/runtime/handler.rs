@@ -1,0 +1,200 @@
+//! What a handler is: a plain async function from one input event to output events.
+//! Everything else (group membership, decoding, retries, dead letters, commits) is the
+//! runtime's.
+
+use std::{future::Future, sync::Mutex, time::Duration};
+
+use platform::{
+    events::{encode, DecodeError, Event},
+    trace_context::TraceParent,
+};
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    message::OwnedHeaders,
+    producer::{future_producer::OwnedDeliveryResult, FutureProducer, FutureRecord},
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// How a handler failed, which decides what the runtime does next.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// May succeed if tried again (an LLM 5xx or timeout): retried with backoff, and
+    /// dead-lettered after the configured number of attempts.
+    #[error("transient failure: {0:#}")]
+    Transient(anyhow::Error),
+    /// A dependency the handler cannot work without is down (the memory worker's
+    /// Qdrant): retried without limit and never committed, so nothing is lost.
+    #[error("dependency unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// Retrying cannot help (the input breaks a rule): dead-lettered at once.
+    #[error("invalid input: {0:#}")]
+    Invalid(anyhow::Error),
+}
+
+/// A handler of one kind of input event.
+pub trait Handler: Send + Sync + 'static {
+    /// The decoded input.
+    type Input: Send + Sync + 'static;
+
+    /// The handler's name (metrics, logs, the `dlq.handler` header).
+    const NAME: &'static str;
+
+    /// The consumer group this handler's instances share.
+    fn group(&self) -> &'static str;
+
+    /// The topics it consumes.
+    fn topics(&self) -> &'static [&'static str];
+
+    /// Decodes one record of `topic`. `Ok(None)` means "not for this handler" (the
+    /// record is committed without work); an error sends the record to the DLQ.
+    fn decode(&self, topic: &str, payload: &[u8]) -> Result<Option<Self::Input>, DecodeError>;
+
+    /// `(message_id, conversation_id)` of an input, for logs.
+    fn ids(&self, input: &Self::Input) -> (Uuid, Uuid);
+
+    /// Handles one input, publishing outputs through `ctx`.
+    fn handle(
+        &self,
+        input: &Self::Input,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Called once when the runtime gives up on an input (before it is dead-lettered),
+    /// e.g. to tell the user. Outputs published here are awaited like any others.
+    fn give_up(
+        &self,
+        _input: &Self::Input,
+        _error: &HandlerError,
+        _ctx: &Context,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// One output record, as returned by the HTTP invoke entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    /// Topic it belongs on.
+    pub topic: &'static str,
+    /// Kafka key (the conversation).
+    pub key: String,
+    /// The event.
+    pub value: serde_json::Value,
+}
+
+/// Where outputs go.
+pub enum Sink {
+    /// Produced to Kafka; the record is committed once every delivery is acknowledged.
+    Kafka {
+        /// The shared producer.
+        producer: FutureProducer,
+        /// How long a delivery may take.
+        timeout: Duration,
+    },
+    /// Collected and returned to the caller (the HTTP invoke entry).
+    Collect,
+}
+
+type Delivery = rdkafka::producer::DeliveryFuture;
+
+/// What a handler sees of the runtime while handling one input.
+pub struct Context<'a> {
+    sink: &'a Sink,
+    trace: TraceParent,
+    attempt: u32,
+    deliveries: Mutex<Vec<Delivery>>,
+    collected: Mutex<Vec<Output>>,
+}
+
+impl<'a> Context<'a> {
+    /// A context for attempt `attempt` (from 1) of one input.
+    pub fn new(sink: &'a Sink, trace: TraceParent, attempt: u32) -> Self {
+        Self { sink, trace, attempt, deliveries: Mutex::default(), collected: Mutex::default() }
+    }
+
+    /// The trace this input continues (already a child span of the producer's).
+    pub fn trace(&self) -> &TraceParent {
+        &self.trace
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Publishes an event without waiting for the broker: the delivery is awaited
+    /// before the input's offset is committed. Only waits when the producer's queue is
+    /// full.
+    pub async fn publish<E: Event>(&self, event: &E) -> Result<(), HandlerError> {
+        let payload = encode(event);
+        let key = event.key();
+        match self.sink {
+            Sink::Collect => {
+                let value = serde_json::from_slice(&payload)
+                    .map_err(|e| HandlerError::Invalid(anyhow::anyhow!("event is not JSON: {e}")))?;
+                lock(&self.collected).push(Output { topic: E::TOPIC, key, value });
+                Ok(())
+            }
+            Sink::Kafka { producer, timeout } => {
+                let deadline = tokio::time::Instant::now() + *timeout;
+                loop {
+                    let record = FutureRecord::to(E::TOPIC)
+                        .key(&key)
+                        .payload(&payload)
+                        .headers(self.trace.to_headers(OwnedHeaders::new()));
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            lock(&self.deliveries).push(delivery);
+                            return Ok(());
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((err, _)) => {
+                            return Err(HandlerError::Transient(anyhow::anyhow!(
+                                "producing to {}: {err}",
+                                E::TOPIC
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until every published event is acknowledged.
+    pub async fn flush(&self) -> Result<(), HandlerError> {
+        let deliveries = std::mem::take(&mut *lock(&self.deliveries));
+        for delivery in deliveries {
+            let result: Result<OwnedDeliveryResult, _> = delivery.await;
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((err, _))) => {
+                    return Err(HandlerError::Transient(anyhow::anyhow!("output not acknowledged: {err}")))
+                }
+                Err(_) => {
+                    return Err(HandlerError::Transient(anyhow::anyhow!("producer dropped a delivery")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The outputs collected so far (HTTP invoke entry).
+    pub fn take_outputs(&self) -> Vec<Output> {
+        std::mem::take(&mut *lock(&self.collected))
+    }
+}
+
+/// Locks a mutex whose data stays valid even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A fresh id for one processing attempt (reply events carry it).
+pub fn attempt_id() -> Uuid {
+    Uuid::new_v4()
+}

@@ -1,0 +1,124 @@
+//! The runtime's settings (`HANDLER_*` and `KAFKA_*`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use platform::{
+    kafka::KafkaSettings,
+    settings::{Env, SettingsError},
+};
+
+/// How the runtime consumes, retries and shuts down.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Kafka connection and security.
+    pub kafka: KafkaSettings,
+    /// Address of `/health`, `/ready` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Records handled at once (each conversation's records one after another).
+    pub concurrency: usize,
+    /// Retries of failing records.
+    pub retrying: Retrying,
+    /// How long SIGTERM waits for records in flight.
+    pub shutdown_grace: Duration,
+}
+
+/// How often and how patiently a failing record is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct Retrying {
+    /// Attempts before a record that keeps failing goes to the DLQ.
+    pub max_attempts: u32,
+    /// Backoff between attempts.
+    pub policy: RetryPolicy,
+}
+
+impl Retrying {
+    /// Reads `HANDLER_MAX_ATTEMPTS`, `HANDLER_RETRY_BASE_MS` and `HANDLER_RETRY_MAX_MS`.
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let base_ms: u64 = env.parse_or("HANDLER_RETRY_BASE_MS", 250)?;
+        let max_ms: u64 = env.parse_or("HANDLER_RETRY_MAX_MS", 10_000)?;
+        if base_ms == 0 || max_ms < base_ms {
+            return Err(SettingsError::Invalid {
+                name: "HANDLER_RETRY_MAX_MS".into(),
+                value: max_ms.to_string(),
+                reason: format!("must be at least HANDLER_RETRY_BASE_MS ({base_ms}), which must be above 0"),
+            });
+        }
+        Ok(Self {
+            max_attempts: at_least_one("HANDLER_MAX_ATTEMPTS", env.parse_or("HANDLER_MAX_ATTEMPTS", 5)?)?,
+            policy: RetryPolicy { base: Duration::from_millis(base_ms), max: Duration::from_millis(max_ms) },
+        })
+    }
+}
+
+/// Exponential backoff with full jitter between `base` and `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// First delay.
+    pub base: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// An endless series of delays (callers decide when to stop).
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        let max = self.max;
+        ExponentialBuilder::default()
+            .with_min_delay(self.base)
+            .with_max_delay(self.max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+            .map(move |d| d.min(max))
+    }
+}
+
+impl RuntimeSettings {
+    /// Reads the settings; `service` names the Kafka client.
+    pub fn from_env(env: &Env, service: &str) -> Result<Self, SettingsError> {
+        Ok(Self {
+            kafka: KafkaSettings::from_env(env, service)?,
+            listen: env.parse_or("HANDLER_LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
+            concurrency: at_least_one("HANDLER_CONCURRENCY", env.parse_or("HANDLER_CONCURRENCY", 8)?)?,
+            retrying: Retrying::from_env(env)?,
+            shutdown_grace: Duration::from_secs(env.parse_or("HANDLER_SHUTDOWN_GRACE_SECS", 20)?),
+        })
+    }
+}
+
+fn at_least_one<T: PartialOrd + From<u8> + ToString>(name: &str, value: T) -> Result<T, SettingsError> {
+    if value < T::from(1) {
+        return Err(SettingsError::Invalid {
+            name: name.into(),
+            value: value.to_string(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_errors_name_the_variable() {
+        let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "k:9092")]);
+        let s = RuntimeSettings::from_env(&env, "responder").expect("defaults are valid");
+        assert_eq!((s.concurrency, s.retrying.max_attempts, s.listen.port()), (8, 5, 9090));
+        let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "k:9092"), ("HANDLER_CONCURRENCY", "0")]);
+        let err = RuntimeSettings::from_env(&env, "responder").expect_err("0 is rejected");
+        assert!(err.to_string().contains("HANDLER_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn delays_grow_with_jitter_and_stay_under_the_cap() {
+        let policy = RetryPolicy { base: Duration::from_millis(100), max: Duration::from_millis(800) };
+        let delays: Vec<_> = policy.delays().take(8).collect();
+        assert_eq!(delays.len(), 8);
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(800)), "{delays:?}");
+        assert!(delays[0] >= Duration::from_millis(100), "{delays:?}");
+        assert!(delays[7] >= Duration::from_millis(400), "late delays back off: {delays:?}");
+    }
+}

@@ -1,0 +1,286 @@
+//! The memory store: one Qdrant collection of turns (cosine, vector size from the
+//! embedder) with payload `{conversation_id, user_id, role, text, ts, message_id}` and
+//! payload indexes on conversation_id, user_id and ts.
+//!
+//! Every read is filtered by `user_id`: memory never crosses users.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use platform::{
+    events::Role,
+    settings::{Env, SettingsError},
+};
+use qdrant_client::{
+    qdrant::{
+        Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, Direction, Distance,
+        FieldType, Filter, OrderByBuilder, PointStruct, QueryPointsBuilder, RetrievedPoint, ScoredPoint,
+        ScrollPointsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder,
+    },
+    Payload, Qdrant,
+};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+/// Where the store lives.
+#[derive(Clone)]
+pub struct StoreSettings {
+    /// gRPC URL, e.g. `http://qdrant:6334`.
+    pub url: String,
+    /// API key, if the server wants one.
+    pub api_key: Option<SecretString>,
+    /// Collection name.
+    pub collection: String,
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "[set]"))
+            .field("collection", &self.collection)
+            .finish()
+    }
+}
+
+impl StoreSettings {
+    /// Reads `QDRANT_URL`, `QDRANT_API_KEY[_FILE]` and `MEMORY_COLLECTION`.
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let url = env.required("QDRANT_URL", "Qdrant's gRPC URL, e.g. http://qdrant:6334")?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(SettingsError::Invalid {
+                name: "QDRANT_URL".into(),
+                value: url,
+                reason: "must start with http:// or https:// (the gRPC port, usually 6334)".into(),
+            });
+        }
+        Ok(Self {
+            url,
+            api_key: env.secret("QDRANT_API_KEY")?,
+            collection: env.optional("MEMORY_COLLECTION").unwrap_or_else(|| "chat_memory".into()),
+        })
+    }
+}
+
+/// One remembered turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Memory {
+    /// Deterministic point id (UUID v5 of message id + role).
+    pub point_id: Uuid,
+    /// Conversation it belongs to.
+    pub conversation_id: Uuid,
+    /// Whose it is.
+    pub user_id: String,
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+    /// When, in milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// The user message it belongs to.
+    pub message_id: Uuid,
+}
+
+/// The store's failures: all of them mean Qdrant could not be used right now.
+#[derive(Debug, thiserror::Error)]
+#[error("qdrant: {0:#}")]
+pub struct StoreError(#[from] anyhow::Error);
+
+/// A client of the memory collection.
+#[derive(Clone)]
+pub struct MemoryStore {
+    client: Arc<Qdrant>,
+    collection: String,
+    ready: Arc<OnceCell<()>>,
+}
+
+impl MemoryStore {
+    /// A client (connects lazily: an unreachable Qdrant is reported on first use).
+    pub fn new(settings: &StoreSettings, timeout: Duration) -> anyhow::Result<Self> {
+        let mut builder = Qdrant::from_url(&settings.url).timeout(timeout).connect_timeout(timeout);
+        if let Some(key) = &settings.api_key {
+            builder = builder.api_key(key.expose_secret().to_string());
+        }
+        let client = builder.build().context("building the Qdrant client")?;
+        Ok(Self { client: Arc::new(client), collection: settings.collection.clone(), ready: Arc::default() })
+    }
+
+    /// The collection's name.
+    pub fn collection(&self) -> &str {
+        &self.collection
+    }
+
+    /// Creates the collection and its payload indexes if missing (once per process).
+    pub async fn ensure_collection(&self, dimension: u64) -> Result<(), StoreError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let exists =
+                    self.client.collection_exists(&self.collection).await.context("collection_exists")?;
+                if !exists {
+                    let created = self
+                        .client
+                        .create_collection(
+                            CreateCollectionBuilder::new(&self.collection)
+                                .vectors_config(VectorParamsBuilder::new(dimension, Distance::Cosine)),
+                        )
+                        .await;
+                    // Two workers may race to create it: the loser's error is fine if
+                    // the collection now exists.
+                    if let Err(err) = created {
+                        if !self.client.collection_exists(&self.collection).await.unwrap_or(false) {
+                            return Err(anyhow::Error::from(err).context("create_collection"));
+                        }
+                    }
+                    tracing::info!(collection = %self.collection, dimension, "memory collection created");
+                }
+                for (field, kind) in [
+                    ("conversation_id", FieldType::Keyword),
+                    ("user_id", FieldType::Keyword),
+                    ("ts", FieldType::Integer),
+                ] {
+                    self.client
+                        .create_field_index(
+                            CreateFieldIndexCollectionBuilder::new(&self.collection, field, kind).wait(true),
+                        )
+                        .await
+                        .with_context(|| format!("creating the payload index on {field}"))?;
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+            .map_err(StoreError)
+    }
+
+    /// Stores memories with their vectors (overwriting points with the same id).
+    pub async fn upsert(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError> {
+        if memories.is_empty() {
+            return Ok(());
+        }
+        let dimension = memories[0].1.len() as u64;
+        self.ensure_collection(dimension).await?;
+        let points = memories
+            .iter()
+            .map(|(m, vector)| {
+                let payload = Payload::try_from(serde_json::json!({
+                    "conversation_id": m.conversation_id.to_string(),
+                    "user_id": m.user_id,
+                    "role": m.role.as_str(),
+                    "text": m.text,
+                    "ts": m.ts_ms,
+                    "message_id": m.message_id.to_string(),
+                }))
+                .context("payload")?;
+                Ok(PointStruct::new(m.point_id.to_string(), vector.clone(), payload))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        self.client
+            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
+            .await
+            .context("upsert_points")?;
+        Ok(())
+    }
+
+    /// The latest `limit` turns of a conversation (only the user's own), oldest first.
+    pub async fn recent_turns(
+        &self,
+        user_id: &str,
+        conversation_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<Memory>, StoreError> {
+        if limit == 0 || !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let filter = Filter::must([
+            Condition::matches("user_id", user_id.to_string()),
+            Condition::matches("conversation_id", conversation_id.to_string()),
+        ]);
+        let response = self
+            .client
+            .scroll(
+                ScrollPointsBuilder::new(&self.collection)
+                    .filter(filter)
+                    .order_by(OrderByBuilder::new("ts").direction(Direction::Desc as i32))
+                    .limit(limit)
+                    .with_payload(true),
+            )
+            .await
+            .context("scroll")?;
+        let mut turns: Vec<Memory> = response.result.iter().filter_map(from_retrieved).collect();
+        turns.sort_by_key(|m| m.ts_ms);
+        Ok(turns)
+    }
+
+    /// The user's `k` memories most similar to `vector`, from any of their conversations.
+    pub async fn similar(
+        &self,
+        user_id: &str,
+        vector: Vec<f32>,
+        k: u64,
+    ) -> Result<Vec<(Memory, f32)>, StoreError> {
+        if k == 0 || !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client
+            .query(
+                QueryPointsBuilder::new(&self.collection)
+                    .query(vector)
+                    .filter(Filter::must([Condition::matches("user_id", user_id.to_string())]))
+                    .limit(k)
+                    .with_payload(true),
+            )
+            .await
+            .context("query")?;
+        Ok(response.result.iter().filter_map(|p| from_scored(p).map(|m| (m, p.score))).collect())
+    }
+
+    async fn exists(&self) -> Result<bool, StoreError> {
+        if self.ready.initialized() {
+            return Ok(true);
+        }
+        Ok(self.client.collection_exists(&self.collection).await.context("collection_exists")?)
+    }
+}
+
+fn from_retrieved(p: &RetrievedPoint) -> Option<Memory> {
+    memory(p.id.as_ref(), &p.payload)
+}
+
+fn from_scored(p: &ScoredPoint) -> Option<Memory> {
+    memory(p.id.as_ref(), &p.payload)
+}
+
+fn memory(
+    id: Option<&qdrant_client::qdrant::PointId>,
+    payload: &std::collections::HashMap<String, Value>,
+) -> Option<Memory> {
+    use qdrant_client::qdrant::point_id::PointIdOptions;
+    let point_id = match id?.point_id_options.as_ref()? {
+        PointIdOptions::Uuid(s) => s.parse().ok()?,
+        PointIdOptions::Num(_) => return None,
+    };
+    use qdrant_client::qdrant::value::Kind;
+    let text = |k: &str| match payload.get(k)?.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s.clone()),
+        _ => None,
+    };
+    let role = match text("role")?.as_str() {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        _ => return None,
+    };
+    Some(Memory {
+        point_id,
+        conversation_id: text("conversation_id")?.parse().ok()?,
+        user_id: text("user_id")?,
+        role,
+        text: text("text")?,
+        ts_ms: match payload.get("ts")?.kind.as_ref()? {
+            Kind::IntegerValue(i) => *i,
+            _ => return None,
+        },
+        message_id: text("message_id")?.parse().ok()?,
+    })
+}
