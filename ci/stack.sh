@@ -6,7 +6,9 @@
 # to start over).
 #
 # Point it at external services instead of local ones with KAFKA_BOOTSTRAP_SERVERS,
-# QDRANT_URL, OPENAI_BASE_URL (+ OPENAI_MODEL, OPENAI_API_KEY) and EMBEDDINGS_BASE_URL.
+# QDRANT_URL and LLM_BASE_URL (+ LLM_MODEL, LLM_API_KEY). Embeddings are computed
+# in-process by the handlers; EMBEDDER=openai + EMBEDDINGS_BASE_URL/EMBEDDINGS_MODEL use
+# an OpenAI-compatible /v1/embeddings endpoint instead.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -15,8 +17,9 @@ STACK_DIR="${STACK_DIR:-$REPO_ROOT/.stack}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 QDRANT_PORT="${QDRANT_PORT:-6334}"
 LLM_PORT="${LLM_PORT:-8080}"
-EMBED_PORT="${EMBED_PORT:-8081}"
 GATEWAY_PORT="${GATEWAY_PORT:-8000}"
+RESPONDER_PORT="${RESPONDER_PORT:-9101}"
+MEMORY_PORT="${MEMORY_PORT:-9102}"
 [ "${1:-}" = "--fresh" ] && rm -rf "$STACK_DIR"
 mkdir -p "$STACK_DIR/logs"
 
@@ -67,24 +70,18 @@ if [ -z "${QDRANT_URL:-}" ]; then
   wait_port "$QDRANT_PORT" 30
   export QDRANT_URL="http://127.0.0.1:$QDRANT_PORT"
 fi
-if [ -z "${OPENAI_BASE_URL:-}" ] || [ -z "${EMBEDDINGS_BASE_URL:-}" ]; then
-  eval "$(ci/deps/llama.sh ensure)"
-fi
-if [ -z "${OPENAI_BASE_URL:-}" ]; then
+# llama.sh also provides the MiniLM weights the handlers embed with (EMBED_MODEL_DIR).
+eval "$(ci/deps/llama.sh ensure)"
+if [ -z "${LLM_BASE_URL:-}" ]; then
   start llm "$LLM_PORT" ci/deps/llama.sh run-chat "$LLM_PORT"
   wait_http "http://127.0.0.1:$LLM_PORT/health" 60
-  export OPENAI_BASE_URL="http://127.0.0.1:$LLM_PORT/v1" OPENAI_MODEL=smollm2
-fi
-if [ -z "${EMBEDDINGS_BASE_URL:-}" ]; then
-  start embeddings "$EMBED_PORT" ci/deps/llama.sh run-embed "$EMBED_PORT"
-  wait_http "http://127.0.0.1:$EMBED_PORT/health" 60
-  export EMBEDDINGS_BASE_URL="http://127.0.0.1:$EMBED_PORT/v1" EMBEDDINGS_MODEL=all-minilm-l6-v2
+  export LLM_BASE_URL="http://127.0.0.1:$LLM_PORT/v1" LLM_MODEL=smollm2
 fi
 
 log "building the stack's binaries"
 # The debug profile shares its artefacts with ci/test.sh, so a machine that ran the
 # tests starts the stack in seconds.
-run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway
+run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway -p handlers
 log "preparing topics and consumer groups"
 LOG_FORMAT=text "$CARGO_TARGET_DIR/debug/gateway" init --timeout-secs 30
 
@@ -95,7 +92,12 @@ key_file="$STACK_DIR/conversation.key"
 export AUTH="${AUTH:-disabled}" CONVERSATION_KEY_FILE="${CONVERSATION_KEY_FILE:-$key_file}"
 export LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" LOG_FORMAT="${LOG_FORMAT:-text}"
 start gateway "$GATEWAY_PORT" "$CARGO_TARGET_DIR/debug/gateway" serve
+# The handlers run all the time here; on a cluster KEDA starts them on lag.
+start responder "$RESPONDER_PORT" env HANDLER_LISTEN_ADDR="127.0.0.1:$RESPONDER_PORT" "$CARGO_TARGET_DIR/debug/responder" run
+start memory "$MEMORY_PORT" env HANDLER_LISTEN_ADDR="127.0.0.1:$MEMORY_PORT" "$CARGO_TARGET_DIR/debug/memory" run
 wait_http "http://127.0.0.1:$GATEWAY_PORT/ready" 60
+wait_http "http://127.0.0.1:$RESPONDER_PORT/ready" 60
+wait_http "http://127.0.0.1:$MEMORY_PORT/ready" 60
 
 cat <<MSG
 
@@ -104,15 +106,14 @@ cat <<MSG
     gateway API           http://127.0.0.1:$GATEWAY_PORT   (AUTH=$AUTH)
     Kafka (tansu)         $KAFKA_BOOTSTRAP_SERVERS
     Qdrant (gRPC)         $QDRANT_URL
-    LLM (chat)            $OPENAI_BASE_URL   model $OPENAI_MODEL
-    LLM (embeddings)      $EMBEDDINGS_BASE_URL   model $EMBEDDINGS_MODEL
+    LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL
+    responder, memory     metrics on http://127.0.0.1:$RESPONDER_PORT/metrics, http://127.0.0.1:$MEMORY_PORT/metrics
 
   Send a message, then stream its reply:
     curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/chat -H 'content-type: application/json' -d '{"text":"Hi!"}'
     curl -N "http://127.0.0.1:$GATEWAY_PORT/stream?conversation_id=<conversation_id from the answer>"
 
-  Not yet part of this command: the handlers (replies) and the local autoscaler; until
-  they land, replies stay empty. Press Ctrl-C to stop everything.
+  The handlers run continuously here (no local autoscaler yet). Press Ctrl-C to stop everything.
 MSG
 wait -n "${pids[@]}" || true
 die "a service exited unexpectedly; see .stack/logs/"

@@ -114,3 +114,23 @@ async fn an_undecodable_reply_event_is_dead_lettered() {
     assert_eq!(header(&letters[0], "dlq.handler").as_deref(), Some("memory"));
     kafka.wait_lag_zero(topics::MEMORY_GROUP, INPUTS, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_when_idle_drains_commits_and_exits_zero() {
+    let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
+    let msg = UserMessage::new(Uuid::new_v4(), "alice", "A ScaledJob run handles what is there, then stops.");
+    kafka.send(&msg).await;
+    let mut memory = HandlerProcess::start_with(
+        "memory-job",
+        MEMORY,
+        &["run", "--exit-when-idle", "2"],
+        &handler_env(&kafka, &qdrant.url()),
+        false,
+    );
+    let status = memory.process.wait_exit(MINUTE).expect("exits by itself once idle");
+    assert!(status.success(), "{status}: {}", memory.process.log_tail());
+    assert!(memory.process.log_tail().contains("idle: exiting"));
+    assert_eq!(kafka.lag(topics::MEMORY_GROUP, INPUTS).await, 0, "what it handled is committed");
+    let mut events = kafka.watch(topics::MEMORY_EVENTS);
+    events.until(Duration::from_secs(10), |seen| memories_of(seen, msg.message_id).len() == 1).await;
+}

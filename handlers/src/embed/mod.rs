@@ -70,7 +70,9 @@ impl Embedder {
                     tokio::task::spawn_blocking(move || local::LocalEmbedder::load(&model_dir)).await??;
                 Self::Local(Arc::new(model))
             }
-            EmbedderSettings::Remote(endpoint) => Self::Remote(Arc::new(remote::RemoteEmbedder::new(&endpoint)?)),
+            EmbedderSettings::Remote(endpoint) => {
+                Self::Remote(Arc::new(remote::RemoteEmbedder::new(&endpoint)?))
+            }
         })
     }
 

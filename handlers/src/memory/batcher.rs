@@ -61,10 +61,15 @@ async fn store_batch(
     batch: &[Request],
 ) -> Result<(), StoreFailure> {
     let texts = batch.iter().map(|(m, _)| m.text.clone()).collect();
+    let started = std::time::Instant::now();
     let vectors = embedder.embed(texts).await.map_err(|e| match e {
         EmbedError::Unavailable(msg) => StoreFailure::Unavailable(msg),
         EmbedError::Failed(msg) => StoreFailure::Failed(msg),
     })?;
+    metrics::histogram!("memory_embed_seconds").record(started.elapsed().as_secs_f64());
     let points: Vec<_> = batch.iter().map(|(m, _)| m.clone()).zip(vectors).collect();
-    store.upsert(&points).await.map_err(|e| StoreFailure::Unavailable(e.to_string()))
+    let started = std::time::Instant::now();
+    store.upsert(&points).await.map_err(|e| StoreFailure::Unavailable(e.to_string()))?;
+    metrics::histogram!("memory_upsert_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
 }
