@@ -4,7 +4,13 @@
 //!
 //! Every read is filtered by `user_id`: memory never crosses users.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use platform::{
@@ -82,10 +88,36 @@ pub struct Memory {
     pub message_id: Uuid,
 }
 
-/// The store's failures: all of them mean Qdrant could not be used right now.
+/// Why the store failed.
 #[derive(Debug, thiserror::Error)]
-#[error("qdrant: {0:#}")]
-pub struct StoreError(#[from] anyhow::Error);
+pub enum StoreError {
+    /// Qdrant could not be reached or is overloaded: try again later.
+    #[error("qdrant unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// Qdrant refused the request (bad input, a collection of another vector size):
+    /// retrying the same request cannot help.
+    #[error("qdrant rejected the request: {0:#}")]
+    Rejected(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StoreError {
+    fn from(err: anyhow::Error) -> Self {
+        use tonic::Code;
+        let rejected = err.chain().any(|cause| match cause.downcast_ref::<qdrant_client::QdrantError>() {
+            Some(qdrant_client::QdrantError::ResponseError { status }) => matches!(
+                status.code(),
+                Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::Unimplemented
+            ),
+            Some(qdrant_client::QdrantError::ConversionError(_)) => true,
+            _ => false,
+        });
+        if rejected {
+            Self::Rejected(err)
+        } else {
+            Self::Unavailable(err)
+        }
+    }
+}
 
 /// A client of the memory collection.
 #[derive(Clone)]
@@ -93,6 +125,8 @@ pub struct MemoryStore {
     client: Arc<Qdrant>,
     collection: String,
     ready: Arc<OnceCell<()>>,
+    /// Set once the collection was seen, so reads stop asking.
+    exists: Arc<AtomicBool>,
 }
 
 impl MemoryStore {
@@ -103,7 +137,12 @@ impl MemoryStore {
             builder = builder.api_key(key.expose_secret().to_string());
         }
         let client = builder.build().context("building the Qdrant client")?;
-        Ok(Self { client: Arc::new(client), collection: settings.collection.clone(), ready: Arc::default() })
+        Ok(Self {
+            client: Arc::new(client),
+            collection: settings.collection.clone(),
+            ready: Arc::default(),
+            exists: Arc::default(),
+        })
     }
 
     /// The collection's name.
@@ -117,7 +156,9 @@ impl MemoryStore {
             .get_or_try_init(|| async {
                 let exists =
                     self.client.collection_exists(&self.collection).await.context("collection_exists")?;
-                if !exists {
+                if exists {
+                    self.check_dimension(dimension).await?;
+                } else {
                     let created = self
                         .client
                         .create_collection(
@@ -150,7 +191,36 @@ impl MemoryStore {
             })
             .await
             .map(|_| ())
-            .map_err(StoreError)
+            .map_err(StoreError::from)
+    }
+
+    /// Fails when an existing collection holds vectors of another size (the embedder
+    /// changed): every upsert would be refused.
+    async fn check_dimension(&self, dimension: u64) -> anyhow::Result<()> {
+        use qdrant_client::qdrant::vectors_config::Config;
+        let info = self.client.collection_info(&self.collection).await.context("collection_info")?;
+        let size = info
+            .result
+            .and_then(|r| r.config)
+            .and_then(|c| c.params)
+            .and_then(|p| p.vectors_config)
+            .and_then(|v| v.config)
+            .and_then(|c| match c {
+                Config::Params(p) => Some(p.size),
+                Config::ParamsMap(_) => None,
+            });
+        match size {
+            Some(size) if size != dimension => {
+                Err(anyhow::Error::new(qdrant_client::QdrantError::ResponseError {
+                    status: tonic::Status::failed_precondition(format!(
+                        "collection {} holds {size}-dimensional vectors but the embedder makes {dimension}; \
+                     use another MEMORY_COLLECTION or the embedder it was built with",
+                        self.collection
+                    )),
+                }))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Stores memories with their vectors (overwriting points with the same id).
@@ -237,10 +307,12 @@ impl MemoryStore {
     }
 
     async fn exists(&self) -> Result<bool, StoreError> {
-        if self.ready.initialized() {
+        if self.ready.initialized() || self.exists.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        Ok(self.client.collection_exists(&self.collection).await.context("collection_exists")?)
+        let exists = self.client.collection_exists(&self.collection).await.context("collection_exists")?;
+        self.exists.store(exists, Ordering::Relaxed);
+        Ok(exists)
     }
 }
 

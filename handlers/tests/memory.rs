@@ -134,3 +134,50 @@ async fn exit_when_idle_drains_commits_and_exits_zero() {
     let mut events = kafka.watch(topics::MEMORY_EVENTS);
     events.until(Duration::from_secs(10), |seen| memories_of(seen, msg.message_id).len() == 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_worker_pauses_fetching_and_still_handles_everything() {
+    let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
+    let mut env = handler_env(&kafka, &qdrant.url());
+    // One record at a time, four held: twenty waiting records fill it at once.
+    env.insert("HANDLER_CONCURRENCY".into(), "1".into());
+    env.insert("RUST_LOG".into(), "info,handlers::runtime::consumer=debug".into());
+    let memory = HandlerProcess::start("memory", MEMORY, &env);
+    let mut events = kafka.watch(topics::MEMORY_EVENTS);
+    let messages: Vec<_> =
+        (0..20).map(|i| UserMessage::new(Uuid::new_v4(), "alice", format!("Fact number {i}."))).collect();
+    for msg in &messages {
+        kafka.send(msg).await;
+    }
+    events.until(MINUTE, |seen| messages.iter().all(|m| memories_of(seen, m.message_id).len() == 1)).await;
+    kafka.wait_lag_zero(topics::MEMORY_GROUP, INPUTS, Duration::from_secs(10)).await;
+    let log = memory.process.log();
+    assert!(
+        log.contains("fetching paused") && log.contains("fetching resumed"),
+        "{}",
+        memory.process.log_tail()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_of_another_vector_size_is_refused_into_the_dlq_not_retried_forever() {
+    use qdrant_client::qdrant::{CreateCollectionBuilder, Distance, VectorParamsBuilder};
+    let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
+    let client = Qdrant::from_url(&qdrant.url()).build().expect("client");
+    client
+        .create_collection(
+            CreateCollectionBuilder::new("chat_memory")
+                .vectors_config(VectorParamsBuilder::new(4, Distance::Cosine)),
+        )
+        .await
+        .expect("a collection made for another embedder");
+    let mut env = handler_env(&kafka, &qdrant.url());
+    env.insert("HANDLER_MAX_ATTEMPTS".into(), "2".into());
+    let _memory = HandlerProcess::start("memory", MEMORY, &env);
+    let mut dlq = kafka.watch(&topics::dlq(topics::USER_MESSAGES));
+    kafka.send(&UserMessage::new(Uuid::new_v4(), "alice", "This cannot be stored.")).await;
+    let letters = dlq.until(MINUTE, |seen| !seen.is_empty()).await;
+    let why = header(&letters[0], "dlq.error").expect("error");
+    assert!(why.contains("4-dimensional") && why.contains("384"), "{why}");
+    kafka.wait_lag_zero(topics::MEMORY_GROUP, INPUTS, Duration::from_secs(10)).await;
+}

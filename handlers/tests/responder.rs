@@ -216,8 +216,17 @@ async fn two_responders_share_the_partitions_of_one_group() {
     let env = responder_env(&kafka, &qdrant.url(), &llm.base_url(), 4);
     let a = HandlerProcess::start("responder-a", RESPONDER, &env);
     let b = HandlerProcess::start("responder-b", RESPONDER, &env);
-    // Both must be through the rebalance before messages flow.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Both must be through the rebalance b's arrival caused before messages flow: a
+    // has been assigned partitions twice (joining, then sharing), and both are ready.
+    let settled = || {
+        a.process.log().matches("partitions assigned").count() >= 2
+            && [a.port, b.port].iter().all(|p| testkit::http_status(*p, "/ready") == Some(200))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !settled() {
+        assert!(std::time::Instant::now() < deadline, "no rebalance: {}", a.process.log_tail());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut replies = kafka.watch(topics::MODEL_RESPONSES);
 
     let mut messages = Vec::new();

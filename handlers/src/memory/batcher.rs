@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     embed::{EmbedError, Embedder},
-    store::{Memory, MemoryStore},
+    store::{Memory, MemoryStore, StoreError},
 };
 
 /// Why a memory was not stored.
@@ -18,6 +18,9 @@ pub enum StoreFailure {
     /// The embedder failed on this input.
     #[error("{0}")]
     Failed(String),
+    /// Qdrant refused the write; the same write will be refused again.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 type Request = (Memory, oneshot::Sender<Result<(), StoreFailure>>);
@@ -47,29 +50,38 @@ impl Batcher {
 async fn run(embedder: Embedder, store: MemoryStore, batch_size: usize, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(batch_size);
     while rx.recv_many(&mut batch, batch_size).await > 0 {
-        let result = store_batch(&embedder, &store, &batch).await;
         metrics::histogram!("memory_batch_size").record(batch.len() as f64);
-        for (_, reply) in batch.drain(..) {
-            let _ = reply.send(result.clone());
+        let memories: Vec<Memory> = batch.iter().map(|(m, _)| m.clone()).collect();
+        match store_batch(&embedder, &store, &memories).await {
+            // One bad input must not fail the others: after a refusal, each is tried alone.
+            Err(StoreFailure::Failed(_) | StoreFailure::Rejected(_)) if batch.len() > 1 => {
+                for (memory, reply) in batch.drain(..) {
+                    let _ = reply.send(store_batch(&embedder, &store, std::slice::from_ref(&memory)).await);
+                }
+            }
+            result => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(result.clone());
+                }
+            }
         }
     }
 }
 
-async fn store_batch(
-    embedder: &Embedder,
-    store: &MemoryStore,
-    batch: &[Request],
-) -> Result<(), StoreFailure> {
-    let texts = batch.iter().map(|(m, _)| m.text.clone()).collect();
+async fn store_batch(embedder: &Embedder, store: &MemoryStore, batch: &[Memory]) -> Result<(), StoreFailure> {
+    let texts = batch.iter().map(|m| m.text.clone()).collect();
     let started = std::time::Instant::now();
     let vectors = embedder.embed(texts).await.map_err(|e| match e {
         EmbedError::Unavailable(msg) => StoreFailure::Unavailable(msg),
         EmbedError::Failed(msg) => StoreFailure::Failed(msg),
     })?;
     metrics::histogram!("memory_embed_seconds").record(started.elapsed().as_secs_f64());
-    let points: Vec<_> = batch.iter().map(|(m, _)| m.clone()).zip(vectors).collect();
+    let points: Vec<_> = batch.iter().cloned().zip(vectors).collect();
     let started = std::time::Instant::now();
-    store.upsert(&points).await.map_err(|e| StoreFailure::Unavailable(e.to_string()))?;
+    store.upsert(&points).await.map_err(|e| match e {
+        StoreError::Unavailable(_) => StoreFailure::Unavailable(e.to_string()),
+        StoreError::Rejected(_) => StoreFailure::Rejected(e.to_string()),
+    })?;
     metrics::histogram!("memory_upsert_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }

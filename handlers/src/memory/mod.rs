@@ -75,6 +75,8 @@ impl MemoryWorker {
 impl Handler for MemoryWorker {
     type Input = Memory;
     const NAME: &'static str = "memory";
+    // Batches form from records in flight together: as many as a batch holds.
+    const DEFAULT_CONCURRENCY: usize = 32;
 
     fn group(&self) -> &'static str {
         topics::MEMORY_GROUP
@@ -119,6 +121,7 @@ impl Handler for MemoryWorker {
         self.batcher.store(memory.clone()).await.map_err(|failure| match failure {
             StoreFailure::Unavailable(e) => HandlerError::Unavailable(anyhow::anyhow!(e)),
             StoreFailure::Failed(e) => HandlerError::Transient(anyhow::anyhow!(e)),
+            StoreFailure::Rejected(e) => HandlerError::Invalid(anyhow::anyhow!(e)),
         })?;
         ctx.publish(&MemoryEvent {
             v: SCHEMA_VERSION,

@@ -2,7 +2,6 @@
 
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use platform::settings::{Env, SettingsError};
 use tokio::{
@@ -98,24 +97,21 @@ pub fn main<A: App>(about: &'static str) -> ExitCode {
 }
 
 fn check_config<A: App>(env: &Env) -> anyhow::Result<()> {
-    RuntimeSettings::from_env(env, A::NAME)?;
+    RuntimeSettings::from_env(env, A::NAME, A::DEFAULT_CONCURRENCY)?;
     A::settings(env)?;
     println!("{}: configuration ok", A::NAME);
     Ok(())
 }
 
 async fn run<A: App>(env: &Env, exit_when_idle: Option<Duration>) -> anyhow::Result<()> {
-    let settings = RuntimeSettings::from_env(env, A::NAME)?;
+    let settings = RuntimeSettings::from_env(env, A::NAME, A::DEFAULT_CONCURRENCY)?;
     let app_settings = A::settings(env)?;
     let status = Status::new();
     let metrics = server::install_metrics()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(server::serve(settings.listen, status.clone(), metrics, shutdown_rx.clone()));
-    // A server that cannot bind is a configuration problem: say so before connecting.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    if server.is_finished() {
-        return server.await.context("health server task")?;
-    }
+    // A port that cannot be bound is a configuration problem: say so before connecting.
+    let listener = server::bind(settings.listen).await?;
+    let server = tokio::spawn(server::serve(listener, status.clone(), metrics, shutdown_rx.clone()));
     let shutdown_for_signal = shutdown_tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -14,6 +14,7 @@ use platform::{
 };
 use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaResult,
     message::OwnedMessage,
     producer::{FutureProducer, Producer},
     ClientContext, Message, Offset, TopicPartitionList,
@@ -71,12 +72,15 @@ pub async fn run<H: Handler>(
         done: done_tx,
     };
     let mut lanes: Lanes<Job<H::Input>> = Lanes::new(settings.concurrency);
-    // Records fetched ahead of the workers; beyond this the loop stops fetching.
+    // Records fetched ahead of the workers; beyond this the partitions are paused (the
+    // loop keeps polling, so the group sees a live member and rebalances go through).
     let capacity = settings.concurrency * 4;
+    let mut flow = Flow::default();
     let mut commit_tick = tokio::time::interval(Duration::from_millis(200));
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_activity = Instant::now();
     let mut first_record = true;
+    let mut failure = None;
 
     loop {
         tokio::select! {
@@ -90,10 +94,10 @@ pub async fn run<H: Handler>(
                 last_activity = Instant::now();
                 finished.apply(&tracker);
                 for (key, job) in lanes.finish(&finished.key) {
-                    worker.start(key, job, &tracker, shutdown.clone());
+                    worker.start(key, job, shutdown.clone());
                 }
             }
-            received = consumer.recv(), if lanes.held() < capacity => {
+            received = consumer.recv() => {
                 match received {
                     Ok(message) => {
                         last_activity = Instant::now();
@@ -105,7 +109,7 @@ pub async fn run<H: Handler>(
                         }
                         if let Some((key, job)) = worker.accept(message.detach(), &tracker) {
                             if let Some(job) = lanes.push(key.clone(), job) {
-                                worker.start(key, job, &tracker, shutdown.clone());
+                                worker.start(key, job, shutdown.clone());
                             }
                         }
                     }
@@ -118,6 +122,15 @@ pub async fn run<H: Handler>(
             _ = commit_tick.tick() => {
                 commit(&consumer, &tracker, CommitMode::Async);
                 metrics::gauge!(metric::IN_FLIGHT, "handler" => H::NAME).set(lanes.held() as f64);
+                if let Some(fatal) = producer.client().fatal_error() {
+                    // An idempotent producer in a fatal state never recovers: restart.
+                    failure = Some(anyhow::anyhow!("the Kafka producer failed fatally: {fatal:?}"));
+                    break;
+                }
+                if !worker.status.is_assigned() {
+                    // Joining the group is not idleness.
+                    last_activity = Instant::now();
+                }
                 if let Some(idle) = options.exit_when_idle {
                     if lanes.held() == 0 && last_activity.elapsed() >= idle {
                         tracing::info!(idle_secs = idle.as_secs(), "idle: exiting");
@@ -126,39 +139,81 @@ pub async fn run<H: Handler>(
                 }
             }
         }
+        flow.adjust(&consumer, lanes.held() >= capacity);
     }
 
     // Drain: records already running may finish within the grace period; records that
-    // have not started stay uncommitted and go to whoever reads the partition next.
+    // have not started stay uncommitted and go to whoever reads the partition next. The
+    // loop keeps polling (paused) so the group keeps seeing a live member.
+    flow.adjust(&consumer, true);
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     while lanes.running() > 0 {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(finished)) => {
-                finished.apply(&tracker);
-                let _ = lanes.finish(&finished.key);
-            }
-            Ok(None) => break,
-            Err(_) => {
-                tracing::warn!(
-                    abandoned = lanes.running(),
-                    "grace period over: abandoning records in flight"
-                );
+        tokio::select! {
+            finished = done_rx.recv() => match finished {
+                Some(finished) => {
+                    finished.apply(&tracker);
+                    let _ = lanes.finish(&finished.key);
+                }
+                None => break,
+            },
+            _ = consumer.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(abandoned = lanes.running(), "grace period over: abandoning records in flight");
                 break;
             }
         }
     }
-    commit(&consumer, &tracker, CommitMode::Sync);
     lag_task.abort();
-    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-    if !matches!(flushed, Ok(Ok(()))) {
-        tracing::warn!("producer flush incomplete at shutdown");
-    }
-    // Leaving the group now hands the partitions over at once instead of after the
-    // session timeout.
-    consumer.unsubscribe();
-    drop(consumer);
+    // The last commit, the producer's flush and leaving the group block on the network.
+    tokio::task::block_in_place(move || {
+        commit(&consumer, &tracker, CommitMode::Sync);
+        if producer.flush(Duration::from_secs(5)).is_err() {
+            tracing::warn!("producer flush incomplete at shutdown");
+        }
+        // Leaving the group now hands the partitions over at once instead of after the
+        // session timeout.
+        consumer.unsubscribe();
+        drop(consumer);
+    });
     tracing::info!("left the group");
-    Ok(())
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// Pauses fetching while the workers are full and resumes it when they are not.
+/// librdkafka resumes each partition after the last record handed to the loop.
+#[derive(Default)]
+struct Flow {
+    paused: bool,
+}
+
+impl Flow {
+    fn adjust<C: Consumer<GroupContext>>(&mut self, consumer: &C, full: bool) {
+        if full == self.paused {
+            return;
+        }
+        let assignment = match consumer.assignment() {
+            Ok(a) => a,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the assignment");
+                return;
+            }
+        };
+        let result = if full { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        match result {
+            Ok(()) => {
+                self.paused = full;
+                tracing::debug!(
+                    partitions = assignment.count(),
+                    "fetching {}",
+                    if full { "paused" } else { "resumed" }
+                );
+            }
+            Err(err) => tracing::warn!(error = %err, paused = full, "cannot pause or resume fetching"),
+        }
+    }
 }
 
 /// Work decided for one record when it arrived.
@@ -173,6 +228,14 @@ struct Job<I> {
     generation: u64,
     work: Work<I>,
     received: Instant,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl<I> Job<I> {
+    /// Whether this consumer still owns the record's partition.
+    fn is_current(&self) -> bool {
+        lock(&self.tracker).is_current(&self.partition, self.generation)
+    }
 }
 
 /// How processing one record ended.
@@ -215,7 +278,7 @@ impl<H: Handler> Worker<H> {
     fn accept(
         &self,
         record: OwnedMessage,
-        tracker: &Mutex<OffsetTracker>,
+        tracker: &Arc<Mutex<OffsetTracker>>,
     ) -> Option<(Vec<u8>, Job<H::Input>)> {
         let partition = (record.topic().to_string(), record.partition());
         let generation = lock(tracker).start(&partition, record.offset());
@@ -233,17 +296,14 @@ impl<H: Handler> Worker<H> {
             },
         };
         let key = record.key().map(<[u8]>::to_vec).unwrap_or_default();
-        Some((key, Job { record, partition, generation, work, received: Instant::now() }))
+        Some((
+            key,
+            Job { record, partition, generation, work, received: Instant::now(), tracker: tracker.clone() },
+        ))
     }
 
     /// Runs a job on its own task; reports back on `done`.
-    fn start(
-        &self,
-        key: Vec<u8>,
-        job: Job<H::Input>,
-        tracker: &Mutex<OffsetTracker>,
-        shutdown: watch::Receiver<bool>,
-    ) {
+    fn start(&self, key: Vec<u8>, job: Job<H::Input>, shutdown: watch::Receiver<bool>) {
         let finished = |outcome| Finished {
             key: key.clone(),
             partition: job.partition.clone(),
@@ -251,7 +311,7 @@ impl<H: Handler> Worker<H> {
             generation: job.generation,
             outcome,
         };
-        if !lock(tracker).is_current(&job.partition, job.generation) {
+        if !job.is_current() {
             // The partition was revoked while this job waited: its new owner reads it.
             let _ = self.done.send(finished(Outcome::Abandoned));
             return;
@@ -345,13 +405,21 @@ async fn process<H: Handler>(
                 }
                 Err(err) => Some(err),
             };
-            metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "retried").increment(1);
             if let Some(err) = error {
                 tracing::error!(attempts = attempt, error = %err, "giving up: dead-lettering the record");
-                let ctx = Context::new(sink, trace, attempt);
-                handler.give_up(input, &err, &ctx).await;
-                if let Err(flush) = ctx.flush().await {
-                    tracing::warn!(error = %flush, "the give-up notice was not acknowledged");
+                // The notice (e.g. the user's error event) must land before the commit.
+                let mut notice_delays = settings.retrying.policy.delays();
+                loop {
+                    let ctx = Context::new(sink, trace, attempt);
+                    handler.give_up(input, &err, &ctx).await;
+                    match ctx.flush().await {
+                        Ok(()) => break,
+                        Err(flush) => tracing::warn!(error = %flush, "the give-up notice was not acknowledged; retrying"),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(notice_delays.next().unwrap_or(settings.retrying.policy.max)) => {}
+                        _ = shutdown.wait_for(|down| *down) => return Outcome::Abandoned,
+                    }
                 }
                 return dead_letter_until_acked(
                     H::NAME,
@@ -363,6 +431,11 @@ async fn process<H: Handler>(
                     &mut shutdown,
                 )
                 .await;
+            }
+            metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "retried").increment(1);
+            if !job.is_current() {
+                tracing::info!("partition revoked: leaving the record to its new owner");
+                return Outcome::Abandoned;
             }
             let delay = delays.next().unwrap_or(settings.retrying.policy.max);
             tokio::select! {
@@ -415,12 +488,15 @@ fn commit<C: Consumer<GroupContext>>(consumer: &C, tracker: &Mutex<OffsetTracker
         return;
     }
     match commit_offsets(consumer, &offsets, mode) {
-        Ok(()) => {
+        // An async commit is only queued here: `GroupContext::commit_callback` records
+        // it once the broker has accepted it, so a failed one is sent again.
+        Ok(()) if matches!(mode, CommitMode::Sync) => {
             let mut t = lock(tracker);
             for (partition, offset) in &offsets {
                 t.committed(partition, *offset);
             }
         }
+        Ok(()) => {}
         Err(err) => tracing::warn!(error = %err, "commit failed; will retry"),
     }
 }
@@ -464,7 +540,28 @@ impl ConsumerContext for GroupContext {
         }
     }
 
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let mut tracker = lock(&self.tracker);
+                for e in offsets.elements() {
+                    if let Offset::Offset(offset) = e.offset() {
+                        tracker.committed(&(e.topic().to_string(), e.partition()), offset);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "commit not accepted; will retry"),
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Error(err) = rebalance {
+            // librdkafka drops the assignment without a revoke: forget everything, so
+            // nothing is committed for partitions this process may no longer own.
+            lock(&self.tracker).clear();
+            self.status.set_assigned(false);
+            tracing::warn!(error = %err, "rebalance failed; the assignment was dropped");
+        }
         if let Rebalance::Assign(list) = rebalance {
             self.status.set_assigned(true);
             tracing::info!(

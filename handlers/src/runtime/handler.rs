@@ -40,6 +40,9 @@ pub trait Handler: Send + Sync + 'static {
     /// The handler's name (metrics, logs, the `dlq.handler` header).
     const NAME: &'static str;
 
+    /// Records in flight when `HANDLER_CONCURRENCY` is not set.
+    const DEFAULT_CONCURRENCY: usize = 8;
+
     /// The consumer group this handler's instances share.
     fn group(&self) -> &'static str;
 
@@ -153,12 +156,7 @@ impl<'a> Context<'a> {
                         {
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
-                        Err((err, _)) => {
-                            return Err(HandlerError::Transient(anyhow::anyhow!(
-                                "producing to {}: {err}",
-                                E::TOPIC
-                            )))
-                        }
+                        Err((err, _)) => return Err(produce_error(E::TOPIC, &err)),
                     }
                 }
             }
@@ -186,6 +184,26 @@ impl<'a> Context<'a> {
     /// The outputs collected so far (HTTP invoke entry).
     pub fn take_outputs(&self) -> Vec<Output> {
         std::mem::take(&mut *lock(&self.collected))
+    }
+}
+
+/// A write the broker refused for its content is the input's fault; anything else
+/// (timeouts, an unreachable broker) means Kafka is unavailable and the record waits.
+fn produce_error(topic: &str, err: &KafkaError) -> HandlerError {
+    let rejected = matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    );
+    let err = anyhow::anyhow!("producing to {topic}: {err}");
+    if rejected {
+        HandlerError::Invalid(err)
+    } else {
+        HandlerError::Unavailable(err)
     }
 }
 

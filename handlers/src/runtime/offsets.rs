@@ -94,6 +94,11 @@ impl OffsetTracker {
         out
     }
 
+    /// Forgets every partition (the assignment was lost).
+    pub fn clear(&mut self) {
+        self.partitions.clear();
+    }
+
     /// Records in flight across partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|s| s.in_flight.len()).sum()

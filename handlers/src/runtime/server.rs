@@ -24,17 +24,22 @@ struct AppState {
     metrics: PrometheusHandle,
 }
 
-/// Binds `listen` and serves until `shutdown`.
-pub async fn serve(
-    listen: SocketAddr,
-    status: Arc<Status>,
-    metrics: PrometheusHandle,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+/// Binds the health and metrics address.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (HANDLER_LISTEN_ADDR)"))?;
     tracing::info!(address = %listen, "health and metrics listening");
+    Ok(listener)
+}
+
+/// Serves `/health`, `/ready` and `/metrics` until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    status: Arc<Status>,
+    metrics: PrometheusHandle,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))

@@ -75,12 +75,16 @@ impl RetryPolicy {
 }
 
 impl RuntimeSettings {
-    /// Reads the settings; `service` names the Kafka client.
-    pub fn from_env(env: &Env, service: &str) -> Result<Self, SettingsError> {
+    /// Reads the settings; `service` names the Kafka client, `concurrency` is the
+    /// handler's default for `HANDLER_CONCURRENCY`.
+    pub fn from_env(env: &Env, service: &str, concurrency: usize) -> Result<Self, SettingsError> {
         Ok(Self {
             kafka: KafkaSettings::from_env(env, service)?,
             listen: env.parse_or("HANDLER_LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
-            concurrency: at_least_one("HANDLER_CONCURRENCY", env.parse_or("HANDLER_CONCURRENCY", 8)?)?,
+            concurrency: at_least_one(
+                "HANDLER_CONCURRENCY",
+                env.parse_or("HANDLER_CONCURRENCY", concurrency)?,
+            )?,
             retrying: Retrying::from_env(env)?,
             shutdown_grace: Duration::from_secs(env.parse_or("HANDLER_SHUTDOWN_GRACE_SECS", 20)?),
         })
@@ -105,10 +109,10 @@ mod tests {
     #[test]
     fn defaults_and_errors_name_the_variable() {
         let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "k:9092")]);
-        let s = RuntimeSettings::from_env(&env, "responder").expect("defaults are valid");
+        let s = RuntimeSettings::from_env(&env, "responder", 8).expect("defaults are valid");
         assert_eq!((s.concurrency, s.retrying.max_attempts, s.listen.port()), (8, 5, 9090));
         let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "k:9092"), ("HANDLER_CONCURRENCY", "0")]);
-        let err = RuntimeSettings::from_env(&env, "responder").expect_err("0 is rejected");
+        let err = RuntimeSettings::from_env(&env, "responder", 8).expect_err("0 is rejected");
         assert!(err.to_string().contains("HANDLER_CONCURRENCY"), "{err}");
     }
 

@@ -25,9 +25,10 @@ pub mod metric {
     pub const LATENCY: &str = "handler_latency_seconds";
     /// Records received but not finished.
     pub const IN_FLIGHT: &str = "handler_records_in_flight";
-    /// The group's lag on the partitions this process reads, as KEDA computes it.
+    /// The whole group's total lag, as KEDA computes it (every replica reports the same
+    /// number: take the max across replicas, not the sum).
     pub const LAG: &str = "handler_consumer_lag";
-    /// Seconds from process start to the first record handled.
+    /// Seconds from process start to the first record received.
     pub const COLD_START: &str = "handler_cold_start_seconds";
 }
 
@@ -49,6 +50,11 @@ impl Status {
     /// Records whether the consumer holds partitions (or, for the invoke entry, is up).
     pub fn set_assigned(&self, assigned: bool) {
         self.assigned.store(assigned, Ordering::Relaxed);
+    }
+
+    /// Whether the consumer holds its partitions now.
+    pub fn is_assigned(&self) -> bool {
+        self.assigned.load(Ordering::Relaxed)
     }
 
     /// Records that a dependency was unavailable just now.
