@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
-# Builds the real broker if missing, then runs the gateway benchmark in release mode.
-# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS (see gateway/benches/gateway.rs).
+# Builds the real dependencies if missing, then runs the benchmarks in release mode:
+#   ci/bench.sh [gateway|handlers|all]
+# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS (gateway/benches/gateway.rs);
+# BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -9,6 +11,13 @@ rustc_version=$(rustc --version | cut -d' ' -f2)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/cargo-target/rustc-$rustc_version}"
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler
 eval "$(ci/deps/tansu.sh ensure)"
+eval "$(ci/deps/llama.sh ensure)"
+eval "$(ci/deps/qdrant.sh ensure)"
 # Each idle SSE stream is a socket in this process and one in the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo bench --locked -p gateway --bench gateway
+case "${1:-all}" in
+  gateway) cargo bench --locked -p gateway --bench gateway ;;
+  handlers) cargo bench --locked -p handlers --bench handlers ;;
+  all) cargo bench --locked -p gateway --bench gateway && cargo bench --locked -p handlers --bench handlers ;;
+  *) die "usage: $0 [gateway|handlers|all]" ;;
+esac

@@ -18,8 +18,7 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 QDRANT_PORT="${QDRANT_PORT:-6334}"
 LLM_PORT="${LLM_PORT:-8080}"
 GATEWAY_PORT="${GATEWAY_PORT:-8000}"
-RESPONDER_PORT="${RESPONDER_PORT:-9101}"
-MEMORY_PORT="${MEMORY_PORT:-9102}"
+AUTOSCALER_PORT="${AUTOSCALER_PORT:-9100}"
 [ "${1:-}" = "--fresh" ] && rm -rf "$STACK_DIR"
 mkdir -p "$STACK_DIR/logs"
 
@@ -31,10 +30,13 @@ stop_all() {
   trap - INT TERM EXIT
   [ ${#pids[@]} -eq 0 ] && return
   log "stopping ${#pids[@]} processes"
+  # Newest first: the autoscaler drains its handlers while the broker is still up.
   # SIGINT: tansu shuts its SQLite store down cleanly on it (SIGTERM can lose writes).
-  for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
-  local deadline=$((SECONDS + 15))
-  for pid in "${pids[@]}"; do
+  local i pid deadline
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    pid=${pids[$i]}
+    kill -INT "$pid" 2>/dev/null || continue
+    deadline=$((SECONDS + 15))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
     kill -KILL "$pid" 2>/dev/null || true
   done
@@ -81,7 +83,7 @@ fi
 log "building the stack's binaries"
 # The debug profile shares its artefacts with ci/test.sh, so a machine that ran the
 # tests starts the stack in seconds.
-run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway -p handlers
+run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway -p handlers -p autoscaler
 log "preparing topics and consumer groups"
 LOG_FORMAT=text "$CARGO_TARGET_DIR/debug/gateway" init --timeout-secs 30
 
@@ -92,12 +94,18 @@ key_file="$STACK_DIR/conversation.key"
 export AUTH="${AUTH:-disabled}" CONVERSATION_KEY_FILE="${CONVERSATION_KEY_FILE:-$key_file}"
 export LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" LOG_FORMAT="${LOG_FORMAT:-text}"
 start gateway "$GATEWAY_PORT" "$CARGO_TARGET_DIR/debug/gateway" serve
-# The handlers run all the time here; on a cluster KEDA starts them on lag.
-start responder "$RESPONDER_PORT" env HANDLER_LISTEN_ADDR="127.0.0.1:$RESPONDER_PORT" "$CARGO_TARGET_DIR/debug/responder" run
-start memory "$MEMORY_PORT" env HANDLER_LISTEN_ADDR="127.0.0.1:$MEMORY_PORT" "$CARGO_TARGET_DIR/debug/memory" run
+# The handlers start from zero on lag, as KEDA would start them in a cluster: the
+# autoscaler reads keda/*.yaml and runs responder/memory processes (logs:
+# .stack/logs/<handler>-<n>.log). AUTOSCALER_FLAGS can shorten its timings, e.g.
+# "--cooldown-secs 30 --scale-down-window-secs 10". Replicas drain within 8 s of
+# SIGTERM, so Ctrl-C stops them inside this script's 15 s.
+export HANDLER_SHUTDOWN_GRACE_SECS="${HANDLER_SHUTDOWN_GRACE_SECS:-8}"
+# shellcheck disable=SC2086 # AUTOSCALER_FLAGS is a list of flags
+start autoscaler "$AUTOSCALER_PORT" "$CARGO_TARGET_DIR/debug/autoscaler" --keda-dir keda \
+  --handler "responder=$CARGO_TARGET_DIR/debug/responder" --handler "memory=$CARGO_TARGET_DIR/debug/memory" \
+  --listen "127.0.0.1:$AUTOSCALER_PORT" --log-dir "$STACK_DIR/logs" --grace-secs 10 ${AUTOSCALER_FLAGS:-}
 wait_http "http://127.0.0.1:$GATEWAY_PORT/ready" 60
-wait_http "http://127.0.0.1:$RESPONDER_PORT/ready" 60
-wait_http "http://127.0.0.1:$MEMORY_PORT/ready" 60
+wait_http "http://127.0.0.1:$AUTOSCALER_PORT/health" 30
 
 cat <<MSG
 
@@ -107,13 +115,14 @@ cat <<MSG
     Kafka (tansu)         $KAFKA_BOOTSTRAP_SERVERS
     Qdrant (gRPC)         $QDRANT_URL
     LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL
-    responder, memory     metrics on http://127.0.0.1:$RESPONDER_PORT/metrics, http://127.0.0.1:$MEMORY_PORT/metrics
+    local autoscaler      http://127.0.0.1:$AUTOSCALER_PORT/status   (stands in for KEDA; handlers start on lag)
 
   Send a message, then stream its reply:
     curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/chat -H 'content-type: application/json' -d '{"text":"Hi!"}'
     curl -N "http://127.0.0.1:$GATEWAY_PORT/stream?conversation_id=<conversation_id from the answer>"
 
-  The handlers run continuously here (no local autoscaler yet). Press Ctrl-C to stop everything.
+  The first reply takes a few seconds longer: the responder starts from zero on it.
+  Press Ctrl-C to stop everything.
 MSG
 wait -n "${pids[@]}" || true
 die "a service exited unexpectedly; see .stack/logs/"

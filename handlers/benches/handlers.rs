@@ -62,13 +62,15 @@ const SENTENCES: [&str; 8] = [
 
 async fn memory_throughput(batch: usize, turns: usize) -> (f64, String) {
     let (kafka, qdrant) = (Kafka::start(6).await, QdrantServer::start().expect("qdrant"));
-    for i in 0..turns {
-        let text = format!("{} (note {i})", SENTENCES[i % SENTENCES.len()]);
-        kafka.send(&UserMessage::new(Uuid::new_v4(), format!("user-{}", i % 50), text)).await;
-    }
+    let messages: Vec<UserMessage> = (0..turns)
+        .map(|i| {
+            let text = format!("{} (note {i})", SENTENCES[i % SENTENCES.len()]);
+            UserMessage::new(Uuid::new_v4(), format!("user-{}", i % 50), text)
+        })
+        .collect();
+    kafka.send_all(&messages).await;
     let mut env: HashMap<String, String> = handler_env(&kafka, &qdrant.url());
     env.insert("MEMORY_BATCH_SIZE".into(), batch.to_string());
-    env.insert("HANDLER_CONCURRENCY".into(), "64".into());
     env.insert("RUST_LOG".into(), "warn".into());
     let memory = HandlerProcess::start("memory", MEMORY, &env);
     let started = Instant::now();

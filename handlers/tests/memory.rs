@@ -139,16 +139,15 @@ async fn exit_when_idle_drains_commits_and_exits_zero() {
 async fn a_full_worker_pauses_fetching_and_still_handles_everything() {
     let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
     let mut env = handler_env(&kafka, &qdrant.url());
-    // One record at a time, four held: twenty waiting records fill it at once.
+    // One record at a time, four held.
     env.insert("HANDLER_CONCURRENCY".into(), "1".into());
     env.insert("RUST_LOG".into(), "info,handlers::runtime::consumer=debug".into());
-    let memory = HandlerProcess::start("memory", MEMORY, &env);
-    let mut events = kafka.watch(topics::MEMORY_EVENTS);
+    // Twenty records waiting before the worker starts: it fills up at once.
     let messages: Vec<_> =
         (0..20).map(|i| UserMessage::new(Uuid::new_v4(), "alice", format!("Fact number {i}."))).collect();
-    for msg in &messages {
-        kafka.send(msg).await;
-    }
+    kafka.send_all(&messages).await;
+    let memory = HandlerProcess::start("memory", MEMORY, &env);
+    let mut events = kafka.watch(topics::MEMORY_EVENTS);
     events.until(MINUTE, |seen| messages.iter().all(|m| memories_of(seen, m.message_id).len() == 1)).await;
     kafka.wait_lag_zero(topics::MEMORY_GROUP, INPUTS, Duration::from_secs(10)).await;
     let log = memory.process.log();

@@ -50,6 +50,16 @@ impl Kafka {
         trace
     }
 
+    /// Publishes many events through one producer, all in flight at once.
+    pub async fn send_all<E: Event>(&self, events: &[E]) {
+        let producer = self.settings.producer().expect("producer");
+        let trace = TraceParent::new_root();
+        let sends = events.iter().map(|e| publish(&producer, e, &trace, Duration::from_secs(30)));
+        for result in futures::future::join_all(sends).await {
+            result.expect("acknowledged");
+        }
+    }
+
     /// Publishes an event to an explicit partition.
     pub async fn send_to<E: Event>(&self, event: &E, partition: i32) {
         let producer = self.settings.producer().expect("producer");
