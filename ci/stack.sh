@@ -92,6 +92,9 @@ LOG_FORMAT=text "$CARGO_TARGET_DIR/debug/gateway" init --timeout-secs 30
 key_file="$STACK_DIR/conversation.key"
 [ -s "$key_file" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$key_file"
 export AUTH="${AUTH:-disabled}" CONVERSATION_KEY_FILE="${CONVERSATION_KEY_FILE:-$key_file}"
+# Without tokens every caller is the same user, so a per-user rate limit would throttle
+# a local load test: off unless set.
+export RATE_LIMIT_PER_MINUTE="${RATE_LIMIT_PER_MINUTE:-0}"
 export LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" LOG_FORMAT="${LOG_FORMAT:-text}"
 start gateway "$GATEWAY_PORT" "$CARGO_TARGET_DIR/debug/gateway" serve
 # The handlers start from zero on lag, as KEDA would start them in a cluster: the
