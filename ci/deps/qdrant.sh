@@ -2,6 +2,7 @@
 # The Qdrant engine for local runs and tests: dev/qdrant-dev-server, Qdrant's gRPC API
 # over the real qdrant-edge engine (set QDRANT_URL to use a real Qdrant instead).
 #   ensure        build the server (cargo, in the cached target dir); print `export QDRANT_DEV_SERVER_BIN=...`
+#                 (CHATSTACK_PREBUILT=1 uses an already built one)
 #   run PORT DIR  serve gRPC on 127.0.0.1:PORT with data in DIR, in the foreground (stop: SIGTERM)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -10,6 +11,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 QDRANT_DEV_SERVER_BIN="${QDRANT_DEV_SERVER_BIN:-$CARGO_TARGET_DIR/debug/qdrant-dev-server}"
 
 ensure() {
+  # CHATSTACK_PREBUILT=1: the workspace build (ci/test.sh) already made it; building it
+  # alone would compile its dependencies again with a different feature set.
+  if [ "${CHATSTACK_PREBUILT:-}" = 1 ] && [ -x "$QDRANT_DEV_SERVER_BIN" ]; then
+    echo "export QDRANT_DEV_SERVER_BIN=$QDRANT_DEV_SERVER_BIN"
+    return
+  fi
   log "building qdrant-dev-server (qdrant-edge takes ~8 CPU-minutes on a cold cache)"
   run_logged "$CACHE_DIR/logs/qdrant-dev-server-build.log" \
     cargo build --manifest-path "$REPO_ROOT/Cargo.toml" -p qdrant-dev-server

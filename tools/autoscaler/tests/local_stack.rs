@@ -64,7 +64,9 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
         .env("GATEWAY_PORT", gateway.to_string())
         .env("AUTOSCALER_PORT", autoscaler.to_string())
         // Short replies and short timings: the whole cycle in about a minute.
-        .env("LLM_MAX_TOKENS", "24")
+        .env("LLM_MAX_TOKENS", "16")
+        // The binaries this test run was built with (ci/test.sh builds the workspace).
+        .env("CHATSTACK_PREBUILT", "1")
         .env_remove("RATE_LIMIT_PER_MINUTE")
         .env("AUTOSCALER_FLAGS", "--polling-secs 1 --cooldown-secs 10 --scale-down-window-secs 5");
     for external in ["KAFKA_BOOTSTRAP_SERVERS", "QDRANT_URL", "LLM_BASE_URL", "AUTH"] {
@@ -93,15 +95,20 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
         .await
         .expect("JSON");
     let conversation = accepted["conversation_id"].as_str().expect("conversation_id");
-    let response =
-        client.get(format!("{base}/stream?conversation_id={conversation}")).send().await.expect("GET /stream");
+    let response = client
+        .get(format!("{base}/stream?conversation_id={conversation}"))
+        .send()
+        .await
+        .expect("GET /stream");
     let mut body = response.bytes_stream();
     let mut text = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !text.contains("event: done") {
         match tokio::time::timeout_at(deadline, body.next()).await {
             Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
-            other => panic!("no done event ({other:?}); stream so far:\n{text}\nstack log:\n{}", stack.log_tail()),
+            other => {
+                panic!("no done event ({other:?}); stream so far:\n{text}\nstack log:\n{}", stack.log_tail())
+            }
         }
     }
     assert!(text.contains("event: token"), "streamed as tokens:\n{text}");
@@ -110,14 +117,28 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     // Load: the responders go from zero to several replicas, then back to zero.
     let out = dir.path().join("load");
     let mut load = Command::new(&loadtest);
-    load.args(["--url", &base, "--conversations", "16", "--rate", "8", "--duration", "6", "--drain-secs", "120"])
-        .args(["--kafka", &format!("127.0.0.1:{kafka}")])
-        .args(["--autoscaler-url", &format!("http://127.0.0.1:{autoscaler}")])
-        .arg("--out")
-        .arg(&out);
+    // 18 messages: a lag of up to 18 at lagThreshold 8 asks for 3 responders, while one
+    // llama-server thread answers them all in well under the drain time.
+    load.args([
+        "--url",
+        &base,
+        "--conversations",
+        "9",
+        "--rate",
+        "3",
+        "--duration",
+        "6",
+        "--drain-secs",
+        "150",
+    ])
+    .args(["--kafka", &format!("127.0.0.1:{kafka}")])
+    .args(["--autoscaler-url", &format!("http://127.0.0.1:{autoscaler}")])
+    .arg("--out")
+    .arg(&out);
     let mut peak = 0;
-    let mut child = Process::spawn("loadtest", load, dir.path().join("loadtest.log"), Signal::SIGINT).expect("loadtest");
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut child =
+        Process::spawn("loadtest", load, dir.path().join("loadtest.log"), Signal::SIGINT).expect("loadtest");
+    let deadline = Instant::now() + Duration::from_secs(200);
     let status = loop {
         peak = peak.max(responder_replicas(&client, autoscaler).await.unwrap_or(0));
         if let Ok(status) = child.wait_exit(Duration::from_millis(10)) {
@@ -128,9 +149,10 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     };
     assert!(status.success(), "loadtest failed: {}", child.log_tail());
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report.json")).expect("JSON");
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).expect("report.json"))
+            .expect("JSON");
     let counts = &report["counts"];
-    assert!(counts["accepted"].as_u64().unwrap_or(0) >= 40, "{report}");
+    assert!(counts["accepted"].as_u64().unwrap_or(0) >= 15, "{report}");
     assert_eq!(counts["unanswered"], 0, "every accepted message answered: {report}");
     assert_eq!(counts["accepted"], counts["answered"], "answered, not failed: {report}");
     assert!(peak >= 2, "the responders scaled beyond one replica (peak {peak})");
