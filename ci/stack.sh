@@ -72,6 +72,11 @@ if [ -z "${QDRANT_URL:-}" ]; then
   wait_port "$QDRANT_PORT" 30
   export QDRANT_URL="http://127.0.0.1:$QDRANT_PORT"
 fi
+# OPENAI_BASE_URL / OPENAI_MODEL / OPENAI_API_KEY are accepted as the LLM_* settings.
+if [ -z "${LLM_BASE_URL:-}" ] && [ -n "${OPENAI_BASE_URL:-}" ]; then
+  export LLM_BASE_URL="$OPENAI_BASE_URL" LLM_MODEL="${LLM_MODEL:-${OPENAI_MODEL:-gpt-4o-mini}}"
+  [ -n "${OPENAI_API_KEY:-}" ] && export LLM_API_KEY="${LLM_API_KEY:-$OPENAI_API_KEY}"
+fi
 # llama.sh also provides the MiniLM weights the handlers embed with (EMBED_MODEL_DIR).
 eval "$(ci/deps/llama.sh ensure)"
 if [ -z "${LLM_BASE_URL:-}" ]; then
