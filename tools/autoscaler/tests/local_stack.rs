@@ -26,6 +26,16 @@ async fn responder_replicas(client: &reqwest::Client, port: u16) -> Option<u64> 
     status["scaled_objects"].as_array()?.iter().find(|s| s["name"] == "responder")?["replicas"].as_u64()
 }
 
+/// `ci/stack.sh`, given Ctrl-C and time to stop everything even when the test fails
+/// (it stops its services one after another, up to 15 s each).
+struct Stack(Process);
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.0.stop_with(Signal::SIGINT, Duration::from_secs(90));
+    }
+}
+
 /// Processes whose environment carries `marker`.
 fn processes_with(marker: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
@@ -73,8 +83,10 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
         command.env_remove(external);
     }
     let log = dir.path().join("stack.log");
-    let mut stack = Process::spawn("ci/stack.sh", command, log.clone(), Signal::SIGINT).expect("spawn");
+    let mut stack =
+        Stack(Process::spawn("ci/stack.sh", command, log.clone(), Signal::SIGINT).expect("spawn"));
     stack
+        .0
         .wait_until(Duration::from_secs(600), || {
             std::fs::read_to_string(&log).unwrap_or_default().contains("The chat stack is up")
         })
@@ -107,7 +119,10 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
         match tokio::time::timeout_at(deadline, body.next()).await {
             Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
             other => {
-                panic!("no done event ({other:?}); stream so far:\n{text}\nstack log:\n{}", stack.log_tail())
+                panic!(
+                    "no done event ({other:?}); stream so far:\n{text}\nstack log:\n{}",
+                    stack.0.log_tail()
+                )
             }
         }
     }
@@ -161,12 +176,12 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while responder_replicas(&client, autoscaler).await != Some(0) {
-        assert!(Instant::now() < deadline, "responders not back to zero: {}", stack.log_tail());
+        assert!(Instant::now() < deadline, "responders not back to zero: {}", stack.0.log_tail());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
     // Ctrl-C: everything the command started stops, nothing keeps listening.
-    stack.stop_with(Signal::SIGINT, Duration::from_secs(90)).expect("ci/stack.sh stops on Ctrl-C");
+    stack.0.stop_with(Signal::SIGINT, Duration::from_secs(90)).expect("ci/stack.sh stops on Ctrl-C");
     let left = processes_with(&marker);
     assert!(left.is_empty(), "left running: {left:#?}");
     for port in ports {
