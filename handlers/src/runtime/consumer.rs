@@ -189,7 +189,8 @@ async fn warm_up(producer: &FutureProducer) {
     let producer = producer.clone();
     let started = Instant::now();
     let warmed =
-        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(5))).await;
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, Duration::from_secs(5)))
+            .await;
     match warmed {
         Ok(Ok(_)) => tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "producer connected"),
         _ => tracing::warn!("producer not connected yet; the first outputs will wait for it"),
