@@ -75,7 +75,7 @@ fi
 # OPENAI_BASE_URL / OPENAI_MODEL / OPENAI_API_KEY are accepted as the LLM_* settings.
 if [ -z "${LLM_BASE_URL:-}" ] && [ -n "${OPENAI_BASE_URL:-}" ]; then
   export LLM_BASE_URL="$OPENAI_BASE_URL" LLM_MODEL="${LLM_MODEL:-${OPENAI_MODEL:-gpt-4o-mini}}"
-  [ -n "${OPENAI_API_KEY:-}" ] && export LLM_API_KEY="${LLM_API_KEY:-$OPENAI_API_KEY}"
+  if [ -n "${OPENAI_API_KEY:-}" ]; then export LLM_API_KEY="${LLM_API_KEY:-$OPENAI_API_KEY}"; fi
 fi
 # llama.sh also provides the MiniLM weights the handlers embed with (EMBED_MODEL_DIR).
 eval "$(ci/deps/llama.sh ensure)"
