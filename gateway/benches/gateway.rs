@@ -1,8 +1,9 @@
 //! Gateway benchmark against a real broker (tansu, SQLite storage):
 //! 1. ingest: `POST /chat` accepted per second and latency percentiles at fixed
 //!    concurrency, next to a raw rdkafka producer (same acks, same concurrency);
-//! 2. fan-out: the gateway's RSS holding N idle SSE streams, next to N idle plain
-//!    keep-alive connections (the per-connection cost that is not SSE's).
+//! 2. fan-out: the gateway's RSS holding N idle SSE streams, one HTTP/1.1 connection
+//!    each and multiplexed over HTTP/2, next to N idle plain keep-alive connections
+//!    (the per-connection cost that is not SSE's).
 //!
 //! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
 //! Knobs: BENCH_CONCURRENCY (64), BENCH_SECS (10), BENCH_STREAMS (10000).
@@ -93,6 +94,23 @@ fn report(name: &str, secs: u64, (ok, failed, latencies): &(usize, usize, Vec<Du
     rate
 }
 
+/// Opens `/stream` of `conversation` and returns the (unread) response.
+async fn open_stream(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    token: &str,
+    conversation: &str,
+) -> reqwest::Response {
+    let response = client
+        .get(gateway.url(&format!("/stream?conversation_id={conversation}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    response
+}
+
 #[tokio::main]
 async fn main() {
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
@@ -143,29 +161,55 @@ async fn main() {
     println!("gateway / raw producer: {:.2}", gateway_rate / raw_rate.max(1.0));
     println!("gateway RSS after ingest: {:.1} MB", rss_mb(pid));
 
-    // 3. Fan-out: idle SSE streams, each on a conversation of its own.
+    // 3. Fan-out: idle SSE streams, each on a conversation of its own, on a fresh
+    //    gateway (the conversations are started on the first one: their ids are valid
+    //    on every replica), one HTTP/1.1 connection per stream, as browsers and
+    //    HTTP/1.1 proxies open them.
+    let mut conversations = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": format!("stream {i}")})).await;
+        conversations.push(body["conversation_id"].as_str().expect("conversation").to_string());
+    }
+    let fan_out = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
     let started = Instant::now();
     let mut open = Vec::with_capacity(streams);
     let stream_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
-    for i in 0..streams {
-        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": format!("stream {i}")})).await;
-        let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
-        let response = stream_client
-            .get(gateway.url(&format!("/stream?conversation_id={conversation}")))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("stream");
-        assert_eq!(response.status(), 200);
+    for conversation in &conversations {
+        open.push(open_stream(&stream_client, &fan_out, &token, conversation).await);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "{streams} idle SSE streams (HTTP/1.1, a connection each) open in {:.1} s; gateway RSS {:.1} MB (fresh process)",
+        started.elapsed().as_secs_f64(),
+        rss_mb(fan_out.process.pid())
+    );
+    drop(open);
+    drop(fan_out);
+
+    // 3b. The same streams multiplexed over HTTP/2 (h2c), as an HTTP/2-speaking proxy
+    //     (Envoy, a service mesh) sends them, on a fresh gateway: hyper serves at most
+    //     200 concurrent streams per connection, so 100 streams per client connection.
+    let multiplexed = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let started = Instant::now();
+    let mut open = Vec::with_capacity(streams);
+    let mut h2_client = None;
+    for (i, conversation) in conversations.iter().enumerate() {
+        if i % 100 == 0 {
+            h2_client = Some(reqwest::Client::builder().http2_prior_knowledge().build().expect("client"));
+        }
+        let h2 = h2_client.as_ref().expect("client");
+        let response = open_stream(h2, &multiplexed, &token, conversation).await;
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
         open.push(response);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
-        "{streams} idle SSE streams open in {:.1} s; gateway RSS {:.1} MB",
+        "{streams} idle SSE streams (HTTP/2, 100 per connection) open in {:.1} s; gateway RSS {:.1} MB (fresh process)",
         started.elapsed().as_secs_f64(),
-        rss_mb(pid)
+        rss_mb(multiplexed.process.pid())
     );
     drop(open);
+    drop(h2_client);
 
     // 4. For comparison: the same number of idle HTTP/1.1 keep-alive connections (one
     //    `GET /health` each, then silence) on a fresh gateway: the per-connection cost

@@ -1,11 +1,18 @@
-//! Who is calling: JWT bearer tokens (HS256 shared secret or RS256 public key).
+//! Who is calling: JWT bearer tokens (HS256 shared secret, or RS256 with a public key
+//! or a JWKS file whose key the token's `kid` names).
 //!
 //! The user id is the token's `sub`. `exp` is required. Browsers' `EventSource` cannot
 //! set headers, so a token may also come as the `access_token` query parameter (on
 //! `/stream`); prefer the header elsewhere, since URLs end up in access logs.
 
+use std::collections::HashMap;
+
 use axum::{extract::FromRequestParts, http::request::Parts};
-use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{
+    decode, decode_header,
+    jwk::{AlgorithmParameters, JwkSet},
+    Algorithm, DecodingKey, Validation,
+};
 use platform::settings::{Env, SettingsError};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -29,13 +36,21 @@ const MAX_USER_ID_LEN: usize = 256;
 pub enum Authenticator {
     /// No checks: every caller is [`ANONYMOUS`]. Local development only.
     Disabled,
-    /// JWT with a fixed key and validation rules.
+    /// JWT with fixed keys and validation rules.
     Jwt {
-        /// Verification key.
-        key: Box<DecodingKey>,
+        /// Verification key(s).
+        keys: Keys,
         /// Algorithm, expiry, issuer and audience rules.
         validation: Box<Validation>,
     },
+}
+
+/// The keys tokens are verified with.
+pub enum Keys {
+    /// One key for every token.
+    One(Box<DecodingKey>),
+    /// A JWKS: the token's `kid` header picks the key (so keys can rotate).
+    ByKeyId(HashMap<String, DecodingKey>),
 }
 
 #[derive(Deserialize)]
@@ -44,14 +59,14 @@ struct Claims {
 }
 
 impl Authenticator {
-    /// Reads `AUTH`, `JWT_ALGORITHM`, `JWT_SECRET[_FILE]`, `JWT_PUBLIC_KEY_FILE`,
-    /// `JWT_ISSUER` and `JWT_AUDIENCE`.
+    /// Reads `AUTH`, `JWT_ALGORITHM`, `JWT_SECRET[_FILE]`, `JWT_PUBLIC_KEY_FILE` or
+    /// `JWT_JWKS_FILE`, `JWT_ISSUER` and `JWT_AUDIENCE`.
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         if env.one_of("AUTH", &["jwt", "disabled"], "jwt")? == "disabled" {
             return Ok(Self::Disabled);
         }
         let algorithm = env.one_of("JWT_ALGORITHM", &["hs256", "rs256"], "hs256")?;
-        let (key, mut validation) = if algorithm == "hs256" {
+        let (keys, mut validation) = if algorithm == "hs256" {
             let secret = env.required_secret("JWT_SECRET", "the HS256 key that signs user tokens")?;
             if secret.expose_secret().len() < 32 {
                 return Err(SettingsError::Invalid {
@@ -60,20 +75,21 @@ impl Authenticator {
                     reason: "must be at least 32 bytes".into(),
                 });
             }
-            (DecodingKey::from_secret(secret.expose_secret().as_bytes()), Validation::new(Algorithm::HS256))
+            let key = DecodingKey::from_secret(secret.expose_secret().as_bytes());
+            (Keys::One(Box::new(key)), Validation::new(Algorithm::HS256))
+        } else if let Some(path) = env.optional("JWT_JWKS_FILE") {
+            (Keys::ByKeyId(read_jwks(&path)?), Validation::new(Algorithm::RS256))
         } else {
-            let path = env.required("JWT_PUBLIC_KEY_FILE", "PEM file with the RS256 public key")?;
-            let pem = std::fs::read(&path).map_err(|e| SettingsError::Invalid {
-                name: "JWT_PUBLIC_KEY_FILE".into(),
-                value: path.clone(),
-                reason: e.to_string(),
+            let path = env.required(
+                "JWT_PUBLIC_KEY_FILE",
+                "PEM file with the RS256 public key (or set JWT_JWKS_FILE to a JWKS file)",
+            )?;
+            let pem =
+                std::fs::read(&path).map_err(|e| invalid("JWT_PUBLIC_KEY_FILE", &path, e.to_string()))?;
+            let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| {
+                invalid("JWT_PUBLIC_KEY_FILE", &path, format!("not an RSA public key in PEM form: {e}"))
             })?;
-            let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| SettingsError::Invalid {
-                name: "JWT_PUBLIC_KEY_FILE".into(),
-                value: path,
-                reason: format!("not an RSA public key in PEM form: {e}"),
-            })?;
-            (key, Validation::new(Algorithm::RS256))
+            (Keys::One(Box::new(key)), Validation::new(Algorithm::RS256))
         };
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(issuer) = env.optional("JWT_ISSUER") {
@@ -83,7 +99,7 @@ impl Authenticator {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
         }
-        Ok(Self::Jwt { key: Box::new(key), validation: Box::new(validation) })
+        Ok(Self::Jwt { keys, validation: Box::new(validation) })
     }
 
     /// True when tokens are not checked.
@@ -93,11 +109,21 @@ impl Authenticator {
 
     /// The user a token belongs to, or a 401 saying why not.
     pub fn authenticate(&self, token: Option<&str>) -> Result<User, ApiError> {
-        let (key, validation) = match self {
+        let (keys, validation) = match self {
             Self::Disabled => return Ok(User { id: ANONYMOUS.into() }),
-            Self::Jwt { key, validation } => (key, validation),
+            Self::Jwt { keys, validation } => (keys, validation),
         };
         let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        let key = match keys {
+            Keys::One(key) => key,
+            Keys::ByKeyId(keys) => {
+                let header = decode_header(token)
+                    .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
+                let kid =
+                    header.kid.ok_or_else(|| ApiError::unauthorized("invalid token: no key id (kid)"))?;
+                keys.get(&kid).ok_or_else(|| ApiError::unauthorized("invalid token: unknown key id (kid)"))?
+            }
+        };
         let data = decode::<Claims>(token, key, validation)
             .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
         let id = data.claims.sub;
@@ -106,6 +132,32 @@ impl Authenticator {
         }
         Ok(User { id })
     }
+}
+
+/// The RSA keys of a JWKS file by `kid`; other key types are skipped.
+fn read_jwks(path: &str) -> Result<HashMap<String, DecodingKey>, SettingsError> {
+    let text = std::fs::read(path).map_err(|e| invalid("JWT_JWKS_FILE", path, e.to_string()))?;
+    let set: JwkSet = serde_json::from_slice(&text)
+        .map_err(|e| invalid("JWT_JWKS_FILE", path, format!("not a JWKS: {e}")))?;
+    let mut keys = HashMap::new();
+    for jwk in set.keys.iter().filter(|k| matches!(k.algorithm, AlgorithmParameters::RSA(_))) {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| invalid("JWT_JWKS_FILE", path, "an RSA key has no kid"))?;
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| invalid("JWT_JWKS_FILE", path, format!("key {kid} is unusable: {e}")))?;
+        keys.insert(kid, key);
+    }
+    if keys.is_empty() {
+        return Err(invalid("JWT_JWKS_FILE", path, "holds no RSA key"));
+    }
+    Ok(keys)
+}
+
+fn invalid(name: &str, value: &str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid { name: name.into(), value: value.into(), reason: reason.into() }
 }
 
 /// The bearer token of a request: the `Authorization` header, else `access_token`.

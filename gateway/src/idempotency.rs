@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 /// A bounded, expiring map from (user, key) to the first answer and its request.
 pub struct IdempotencyCache {
@@ -31,8 +32,28 @@ struct Inner {
 pub struct Entry {
     /// A fingerprint of the request, to refuse a key reused for another request.
     pub request: u64,
-    /// The answer body.
-    pub answer: Value,
+    /// The answer.
+    pub answer: Accepted,
+}
+
+/// What `POST /chat` answers: the ids of the accepted message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The stored message.
+    pub message_id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+}
+
+impl Accepted {
+    /// The JSON body of the 202 (and of the `accepted` SSE event).
+    pub fn to_json(self) -> Value {
+        json!({
+            "message_id": self.message_id,
+            "conversation_id": self.conversation_id,
+            "stream_url": format!("/stream?conversation_id={}", self.conversation_id),
+        })
+    }
 }
 
 impl IdempotencyCache {
@@ -80,12 +101,14 @@ impl IdempotencyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn remembers_per_user_and_key_within_bounds() {
         let cache = IdempotencyCache::new(2, Duration::from_secs(60));
-        let e = |n| Entry { request: n, answer: json!({"n": n}) };
+        let e = |n| Entry {
+            request: n,
+            answer: Accepted { message_id: Uuid::from_u128(n.into()), conversation_id: Uuid::nil() },
+        };
         cache.put("alice", "k1", e(1));
         assert_eq!(cache.get("alice", "k1"), Some(e(1)));
         assert_eq!(cache.get("bob", "k1"), None);
@@ -98,7 +121,11 @@ mod tests {
     #[test]
     fn forgets_after_the_ttl() {
         let cache = IdempotencyCache::new(10, Duration::ZERO);
-        cache.put("alice", "k", Entry { request: 1, answer: json!({}) });
+        cache.put(
+            "alice",
+            "k",
+            Entry { request: 1, answer: Accepted { message_id: Uuid::nil(), conversation_id: Uuid::nil() } },
+        );
         assert_eq!(cache.get("alice", "k"), None);
     }
 }

@@ -12,6 +12,7 @@ mod hub;
 mod idempotency;
 mod relay;
 mod routes;
+mod serve;
 mod settings;
 mod state;
 
@@ -139,12 +140,10 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
         tracing::info!("shutting down: no new connections, streams end with a final event");
         let _ = shutdown_tx.send(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown_signal.wait_for(|down| *down).await;
-        })
-        .await
-        .context("serving HTTP")?;
+    serve::serve(listener, app, async move {
+        let _ = shutdown_signal.wait_for(|down| *down).await;
+    })
+    .await;
     let _ = relay.await;
     tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))
         .await

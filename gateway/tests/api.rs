@@ -6,6 +6,8 @@ mod common;
 use std::{collections::BTreeSet, time::Duration};
 
 use common::*;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
 use platform::{events::decode, events::UserMessage, topics};
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
@@ -459,38 +461,42 @@ async fn the_openapi_document_matches_the_routes_served() {
     }
 }
 
+/// Runs openssl (the test's key factory); panics when it fails.
+fn openssl(args: &[&str]) -> String {
+    let output = std::process::Command::new("openssl").args(args).output().expect("openssl");
+    assert!(output.status.success(), "openssl {args:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A new RSA key pair in `dir`: (private PEM path, public PEM path).
+fn rsa_key_pair(dir: &std::path::Path, name: &str) -> (String, String) {
+    let private = dir.join(format!("{name}.pem")).to_str().expect("path").to_string();
+    let public = dir.join(format!("{name}.pub.pem")).to_str().expect("path").to_string();
+    openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &private]);
+    openssl(&["pkey", "-in", &private, "-pubout", "-out", &public]);
+    (private, public)
+}
+
+/// An RS256 token for `user` signed with the private key at `private`, with `kid`.
+fn rs256_token(private: &str, kid: Option<&str>, user: &str) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(
+        &header,
+        &json!({"sub": user, "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(private).unwrap()).expect("private key"),
+    )
+    .expect("token")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rs256_tokens_are_checked_against_the_public_key() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let private = dir.path().join("private.pem");
-    let public = dir.path().join("public.pem");
-    let openssl = |args: &[&str]| {
-        let status = std::process::Command::new("openssl").args(args).output().expect("openssl").status;
-        assert!(status.success(), "openssl {args:?}");
-    };
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        private.to_str().unwrap(),
-    ]);
-    openssl(&["pkey", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
-
+    let (private, public) = rsa_key_pair(dir.path(), "key");
     let kafka = Kafka::start().await;
-    let gateway = Gateway::start(
-        &kafka,
-        &[("JWT_ALGORITHM", "rs256"), ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap())],
-    );
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let signed = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-        &json!({"sub": "carol", "exp": now + 600}),
-        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).expect("private key"),
-    )
-    .expect("token");
+    let gateway = Gateway::start(&kafka, &[("JWT_ALGORITHM", "rs256"), ("JWT_PUBLIC_KEY_FILE", &public)]);
+    let signed = rs256_token(&private, None, "carol");
     let client = reqwest::Client::new();
     let (status, body) = post_chat(&client, &gateway, &signed, json!({"text": "hi"})).await;
     assert_eq!(status, 202, "{body}");
@@ -521,4 +527,111 @@ async fn a_request_whose_body_never_arrives_times_out_with_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_chat_with_stream_true_answers_with_that_messages_reply_over_http2_too() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let alice = token("alice");
+    // Cleartext HTTP/2 (prior knowledge), as a proxy that multiplexes streams sends it;
+    // HTTP/1.1 is what every other test here uses.
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+    let (status, first) = post_chat(&client, &gateway, &alice, json!({"text": "first"})).await;
+    assert_eq!(status, 202, "{first}");
+    let conversation_id = first["conversation_id"].as_str().expect("conversation_id").to_string();
+
+    let response = client
+        .post(gateway.url("/chat?stream=true"))
+        .bearer_auth(&alice)
+        .json(&json!({"conversation_id": conversation_id, "text": "second"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut events = Box::pin(response.bytes_stream().eventsource().map(|e| e.expect("well-formed SSE")));
+    let accepted = next_event(&mut events).await;
+    assert_eq!(accepted.event, "accepted");
+    let body: serde_json::Value = serde_json::from_str(&accepted.data).expect("JSON");
+    assert_eq!(body["conversation_id"], conversation_id.as_str());
+    assert_eq!(body["stream_url"], format!("/stream?conversation_id={conversation_id}"));
+    assert_ne!(body["message_id"], first["message_id"]);
+    assert_eq!(stored_messages(&kafka, 2).await.len(), 2);
+
+    // The other message of the same conversation is answered in between: not ours.
+    kafka.reply(&accepted_message(&first, "alice"), Uuid::new_v4(), reply_bodies(&["Not ", "this."])).await;
+    kafka.reply(&accepted_message(&body, "alice"), Uuid::new_v4(), reply_bodies(&["Th", "is."])).await;
+    let mut kinds = Vec::new();
+    let mut text = String::new();
+    while let Some(event) =
+        tokio::time::timeout(Duration::from_secs(15), events.next()).await.expect("events")
+    {
+        let data: serde_json::Value = serde_json::from_str(&event.data).expect("JSON data");
+        assert_eq!(data["message_id"], body["message_id"], "another message's event: {data}");
+        assert!(!event.id.is_empty(), "reply events carry ids for Last-Event-ID");
+        if event.event == "token" {
+            text.push_str(data["delta"].as_str().expect("delta"));
+        }
+        kinds.push(event.event);
+    }
+    // It ended by itself right after `done`.
+    assert_eq!(kinds, ["token", "token", "done"]);
+    assert_eq!(text, "This.");
+
+    // A query that is not a boolean is a 400 that says so, and publishes nothing.
+    let response = client
+        .post(gateway.url("/chat?stream=maybe"))
+        .bearer_auth(&alice)
+        .json(&json!({"text": "third"}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 400);
+    let error: serde_json::Value = response.json().await.expect("JSON error");
+    assert_eq!(error["error"]["code"], "invalid_query", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rs256_tokens_are_checked_against_the_jwks_key_their_kid_names() {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (old_key, _) = rsa_key_pair(dir.path(), "old");
+    let (new_key, _) = rsa_key_pair(dir.path(), "new");
+    // The JWKS an identity provider publishes: each key's modulus and exponent.
+    let jwk = |private: &str, kid: &str| {
+        let modulus = openssl(&["rsa", "-in", private, "-noout", "-modulus"]);
+        let hex = modulus.trim().trim_start_matches("Modulus=");
+        let n: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": URL_SAFE_NO_PAD.encode(n), "e": "AQAB"})
+    };
+    let jwks = dir.path().join("jwks.json");
+    let ec = json!({"kty": "EC", "crv": "P-256", "kid": "ec", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+    std::fs::write(&jwks, json!({"keys": [jwk(&old_key, "2025"), ec, jwk(&new_key, "2026")]}).to_string())
+        .expect("jwks");
+
+    let kafka = Kafka::start().await;
+    let gateway =
+        Gateway::start(&kafka, &[("JWT_ALGORITHM", "rs256"), ("JWT_JWKS_FILE", jwks.to_str().unwrap())]);
+    let client = reqwest::Client::new();
+    for (token, expected, why) in [
+        (rs256_token(&new_key, Some("2026"), "dave"), 202, "the current key"),
+        (rs256_token(&old_key, Some("2025"), "dave"), 202, "the previous key, still published"),
+        (rs256_token(&old_key, Some("2026"), "dave"), 401, "signed by another key than its kid names"),
+        (rs256_token(&new_key, Some("2027"), "dave"), 401, "an unknown kid"),
+        (rs256_token(&new_key, None, "dave"), 401, "no kid"),
+        (token("dave"), 401, "HS256"),
+    ] {
+        let (status, body) = post_chat(&client, &gateway, &token, json!({"text": "hi"})).await;
+        assert_eq!(status, expected, "{why}: {body}");
+        if expected == 401 {
+            assert!(
+                body["error"]["message"].as_str().is_some_and(|m| m.starts_with("invalid token")),
+                "{body}"
+            );
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! `POST /chat`: accept a message, answer 202 once the broker has it.
+//! `POST /chat`: accept a message, answer 202 once the broker has it; or, with
+//! `?stream=true`, answer with the reply's SSE stream right away.
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
@@ -6,19 +7,26 @@ use std::{
 };
 
 use axum::{
-    extract::{rejection::JsonRejection, State},
+    extract::{
+        rejection::{JsonRejection, QueryRejection},
+        Query, State,
+    },
     http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
+    response::{sse::Event, IntoResponse, Response},
     Json,
 };
 use governor::clock::{Clock, DefaultClock};
 use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{auth::User, error::ApiError, idempotency::Entry, state::AppState};
+use crate::{
+    auth::User,
+    error::ApiError,
+    idempotency::{Accepted, Entry},
+    state::AppState,
+};
 
 /// Namespace of message ids derived from an `Idempotency-Key`.
 const IDEMPOTENT_MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x1de6_0d0e_6b1e_4c3a_9f0e_6d65_7373_6167);
@@ -35,15 +43,25 @@ pub struct ChatRequest {
     pub text: String,
 }
 
+/// The query of `POST /chat`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChatQuery {
+    /// Answer with the reply's SSE stream instead of 202.
+    #[serde(default)]
+    pub stream: bool,
+}
+
 /// `POST /chat`.
 pub async fn post_chat(
     State(state): State<AppState>,
     user: User,
     headers: HeaderMap,
+    query: Result<Query<ChatQuery>, QueryRejection>,
     body: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     metrics::counter!("gateway_chat_requests_total").increment(1);
     let started = Instant::now();
+    let Query(query) = query?;
     let Json(request) = body?;
     let idempotency_key = idempotency_key(&headers)?;
     let fingerprint = fingerprint(request.conversation_id, &request.text);
@@ -56,7 +74,7 @@ pub async fn post_chat(
                     "this Idempotency-Key was used for a different request",
                 ));
             }
-            return Ok((StatusCode::ACCEPTED, Json(previous.answer)).into_response());
+            return answer(&state, &user, previous.answer, query.stream);
         }
     }
     // Retries that reach another replica carry the same id, so downstream idempotence
@@ -66,17 +84,27 @@ pub async fn post_chat(
         Uuid::new_v5(&IDEMPOTENT_MESSAGE_NAMESPACE, name.as_bytes())
     });
     let message = accept(&state, &user, request.conversation_id, request.text, message_id).await?;
-    let conversation_id = message.conversation_id;
-    let answer = json!({
-        "message_id": message.message_id,
-        "conversation_id": conversation_id,
-        "stream_url": format!("/stream?conversation_id={conversation_id}"),
-    });
+    let accepted = Accepted { message_id: message.message_id, conversation_id: message.conversation_id };
     if let Some(key) = &idempotency_key {
-        state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: answer.clone() });
+        state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: accepted });
     }
     metrics::histogram!("gateway_chat_seconds").record(started.elapsed().as_secs_f64());
-    Ok((StatusCode::ACCEPTED, Json::<Value>(answer)).into_response())
+    answer(&state, &user, accepted, query.stream)
+}
+
+/// 202 with the accepted message, or (`stream`) an SSE response: an `accepted` event
+/// with the same fields, then the message's reply events until its `done` or `error`.
+/// Reply events that came before the subscription are in the hub's replay window.
+fn answer(state: &AppState, user: &User, accepted: Accepted, stream: bool) -> Result<Response, ApiError> {
+    if !stream {
+        return Ok((StatusCode::ACCEPTED, Json(accepted.to_json())).into_response());
+    }
+    let subscription = state
+        .hub
+        .subscribe(accepted.conversation_id, &user.id, None)
+        .map_err(|_| ApiError::unknown_conversation())?;
+    let first = Event::default().event("accepted").data(accepted.to_json().to_string());
+    Ok(super::stream::sse(state, Some(first), subscription, Some(accepted.message_id)).into_response())
 }
 
 /// Checks a chat message (text, conversation ownership, rate limit) and publishes it to

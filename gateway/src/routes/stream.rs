@@ -17,7 +17,7 @@ use axum::{
         Sse,
     },
 };
-use futures::{stream, Stream, StreamExt};
+use futures::{future::Either, stream, Stream, StreamExt};
 use serde::Deserialize;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use uuid::Uuid;
 use crate::{
     auth::User,
     error::ApiError,
-    hub::{EventId, StreamEvent, SubscribeError},
+    hub::{EventId, StreamEvent, SubscribeError, Subscription},
     state::AppState,
 };
 
@@ -73,22 +73,49 @@ pub async fn get_stream(
         .hub
         .subscribe(query.conversation_id, &user.id, last_event_id)
         .map_err(|SubscribeError::NotOwner| ApiError::unknown_conversation())?;
-
     let gap = subscription.gap.then(|| {
         Event::default()
             .event("gap")
             .data(r#"{"reason":"events older than the replay window were lost; the next done event has the whole reply"}"#)
     });
-    let backlog = stream::iter(subscription.backlog).map(to_sse);
-    // Ends when the hub drops this stream's sender: the client read too slowly (bounded
-    // memory); EventSource then resumes from the replay window.
-    let live = ReceiverStream::new(subscription.live).map(to_sse);
+    Ok(sse(&state, gap, subscription, None))
+}
+
+/// The SSE response of a subscription: `first` (if any), the replayed then the live
+/// events, heartbeats, and a `shutdown` event when the gateway stops. With `only`, just
+/// that message's events, ending after its `done` or `error` (`POST /chat?stream=true`).
+pub(super) fn sse(
+    state: &AppState,
+    first: Option<Event>,
+    subscription: Subscription,
+    only: Option<Uuid>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // The live part ends when the hub drops this stream's sender: the client read too
+    // slowly (bounded memory); EventSource then resumes from the replay window.
+    let replies = stream::iter(subscription.backlog).chain(ReceiverStream::new(subscription.live));
+    let replies = match only {
+        None => Either::Left(replies),
+        // Ends right after the final event, without waiting for another one.
+        Some(message_id) => {
+            Either::Right(stream::unfold((replies, false), move |(mut replies, ended)| async move {
+                if ended {
+                    return None;
+                }
+                loop {
+                    let event = replies.next().await?;
+                    if event.message_id == message_id {
+                        let last = matches!(event.kind, "done" | "error");
+                        return Some((event, (replies, last)));
+                    }
+                }
+            }))
+        }
+    };
     let shutdown = WatchStream::new(state.shutdown.clone()).filter(|down| futures::future::ready(*down));
     let shutting_down = state.shutdown.clone();
     let guard = OpenStream::new();
-    let events = stream::iter(gap)
-        .chain(backlog)
-        .chain(live)
+    let events = stream::iter(first)
+        .chain(replies.map(to_sse))
         .take_until(shutdown.into_future())
         .chain(
             stream::once(async move {
@@ -103,7 +130,7 @@ pub async fn get_stream(
             .filter_map(futures::future::ready),
         )
         .map(Ok);
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat")))
+    Sse::new(events).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat"))
 }
 
 fn to_sse(event: Arc<StreamEvent>) -> Event {
