@@ -133,9 +133,10 @@ cat <<MSG
     LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL
     local autoscaler      http://127.0.0.1:$AUTOSCALER_PORT/status   (stands in for KEDA; handlers start on lag)
 
-  Send a message, then stream its reply:
+  Send a message, then stream its reply (the last line does both in one request):
     curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/chat -H 'content-type: application/json' -d '{"text":"Hi!"}'
     curl -N "http://127.0.0.1:$GATEWAY_PORT/stream?conversation_id=<conversation_id from the answer>"
+    curl -N -X POST "http://127.0.0.1:$GATEWAY_PORT/chat?stream=true" -H 'content-type: application/json' -d '{"text":"Hi!"}'
 
   The first reply takes a few seconds longer: the responder starts from zero on it.
   Press Ctrl-C to stop everything.
