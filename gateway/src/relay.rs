@@ -74,7 +74,7 @@ async fn assign(kafka: &KafkaSettings) -> anyhow::Result<StreamConsumer> {
         .set("group.id", format!("gateway-relay-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         .set("fetch.min.bytes", "1")
         .set("enable.partition.eof", "false");
     let consumer: StreamConsumer = config.create().context("creating the reply relay consumer")?;

@@ -47,6 +47,13 @@ pub struct KafkaSettings {
     /// producers: tansu 0.6.0 panics on the first write after a producer's epoch bump
     /// (which follows any write that timed out), see docs/DEPENDENCIES.md.
     pub idempotence: bool,
+    /// `KAFKA_LINGER_MS` (default 2): how long the producer waits to batch records.
+    pub linger_ms: u32,
+    /// `KAFKA_FETCH_WAIT_MAX_MS` (default 10): how long the broker may hold a fetch
+    /// that has no data yet. Every record that arrives at an idle partition waits for
+    /// the current fetch to return, so this bounds the latency a Kafka hop adds
+    /// (librdkafka's default is 500 ms; docs/PERFORMANCE.md shows the effect).
+    pub fetch_wait_max_ms: u32,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -60,6 +67,8 @@ impl std::fmt::Debug for KafkaSettings {
             .field("produce_timeout", &self.produce_timeout)
             .field("client_id", &self.client_id)
             .field("idempotence", &self.idempotence)
+            .field("linger_ms", &self.linger_ms)
+            .field("fetch_wait_max_ms", &self.fetch_wait_max_ms)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +141,8 @@ impl KafkaSettings {
             produce_timeout: Duration::from_millis(produce_timeout_ms),
             client_id: env.optional("KAFKA_CLIENT_ID").unwrap_or_else(|| service.to_string()),
             idempotence: env.parse_or("KAFKA_IDEMPOTENCE", true)?,
+            linger_ms: env.parse_or("KAFKA_LINGER_MS", 2)?,
+            fetch_wait_max_ms: env.parse_or("KAFKA_FETCH_WAIT_MAX_MS", 10)?,
         })
     }
 
@@ -148,6 +159,8 @@ impl KafkaSettings {
             produce_timeout: Duration::from_secs(5),
             client_id: "chat-stack".into(),
             idempotence: true,
+            linger_ms: 2,
+            fetch_wait_max_ms: 10,
         }
     }
 
@@ -185,7 +198,7 @@ impl KafkaSettings {
             .set("acks", "all")
             // A couple of milliseconds of batching lifts throughput under load at a
             // latency cost far below an LLM's first token.
-            .set("linger.ms", "2")
+            .set("linger.ms", self.linger_ms.to_string())
             .set("compression.type", "lz4")
             .set("message.timeout.ms", self.produce_timeout.as_millis().to_string());
         if !self.idempotence {
@@ -207,7 +220,7 @@ impl KafkaSettings {
             // make the first JoinGroup fast (it waits about session.timeout.ms / 2).
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
-            .set("fetch.wait.max.ms", "10")
+            .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("fetch.min.bytes", "1")
             .set("enable.partition.eof", "false");
         c

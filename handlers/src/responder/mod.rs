@@ -121,7 +121,9 @@ impl Handler for Responder {
     }
 
     async fn handle(&self, message: &UserMessage, ctx: &Context<'_>) -> Result<(), HandlerError> {
+        let started = std::time::Instant::now();
         let prompt = self.prompt_for(message).await;
+        metrics::histogram!("responder_recall_seconds").record(started.elapsed().as_secs_f64());
         let attempt = attempt_id();
         let request = stream::Request {
             model: &self.model,
