@@ -11,13 +11,16 @@
 //!    through the stack and by calling llama-server directly with the same prompt,
 //!    alternately, so the difference is what the stack adds.
 //!
-//! 3. **one Kafka hop alone**: a record produced (`acks=all`) until a consumer with the
+//! 3. **responder throughput**: a backlog of messages answered by one responder (instant
+//!    LLM) at several `HANDLER_CONCURRENCY` values;
+//! 4. **one Kafka hop alone**: a record produced (`acks=all`) until a consumer with the
 //!    stack's settings receives it, the floor under each of the reply path's two hops;
-//! 4. **footprint**: binary sizes and the idle RSS of each binary once ready.
+//! 5. **footprint**: binary sizes and the idle RSS of each binary once ready.
 //!
 //! Real processes throughout: tansu, the Qdrant engine server, the release `gateway`
 //! and `responder` binaries. Run: `ci/bench.sh pipeline` (it builds the gateway next to
-//! the responder). Knobs: BENCH_MESSAGES (200), BENCH_LLM_MESSAGES (30).
+//! the responder). Knobs: BENCH_MESSAGES (200), BENCH_LLM_MESSAGES (30), BENCH_BACKLOG (1000),
+//! BENCH_ONLY (footprint, latency, throughput or llm: run just that part).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -32,6 +35,7 @@ use std::{
 use common::{handler_env, llm_env, HandlerProcess, Kafka};
 use futures::StreamExt;
 use handlers::responder::prompt::DEFAULT_SYSTEM_PROMPT;
+use platform::{events::UserMessage, topics};
 use serde_json::json;
 use testkit::{free_port, http_status, LlamaServer, Process, QdrantServer, Signal};
 
@@ -251,12 +255,12 @@ async fn kafka_hop(kafka: &Kafka, n: usize) {
     use rdkafka::{consumer::Consumer, producer::FutureRecord};
     let consumer =
         kafka.settings.stream_consumer(&format!("hop-{}", uuid::Uuid::new_v4())).expect("consumer");
-    consumer.subscribe(&[platform::topics::MEMORY_EVENTS]).expect("subscribe");
+    consumer.subscribe(&[topics::MEMORY_EVENTS]).expect("subscribe");
     let producer = kafka.settings.producer().expect("producer");
     let send = |key: String| {
         let producer = producer.clone();
         async move {
-            let record = FutureRecord::to(platform::topics::MEMORY_EVENTS).key(&key).payload("hop");
+            let record = FutureRecord::to(topics::MEMORY_EVENTS).key(&key).payload("hop");
             producer.send(record, Duration::from_secs(5)).await.map_err(|(e, _)| e).expect("acknowledged");
         }
     };
@@ -284,6 +288,40 @@ async fn kafka_hop(kafka: &Kafka, n: usize) {
     println!(
         "{:<44} n {n:>4}  acknowledged p50 {a50:>6.1} p99 {a99:>6.1}  received p50 {r50:>6.1} p99 {r99:>6.1} ms",
         "one Kafka hop (produce -> consume)"
+    );
+}
+
+/// `backlog` messages (50 users, a conversation each) wait on `user_messages`; one
+/// responder starts; the clock runs from its `/ready` until the group's lag is 0.
+async fn responder_throughput(
+    kafka: &Kafka,
+    qdrant: &QdrantServer,
+    llm: &str,
+    concurrency: usize,
+    backlog: usize,
+) {
+    let messages: Vec<UserMessage> = (0..backlog)
+        .map(|i| {
+            UserMessage::new(uuid::Uuid::new_v4(), format!("user-{}", i % 50), format!("Backlog message {i}"))
+        })
+        .collect();
+    kafka.send_all(&messages).await;
+    let mut env = handler_env(kafka, &qdrant.url());
+    env.extend(llm_env(llm, 16));
+    env.insert("HANDLER_CONCURRENCY".into(), concurrency.to_string());
+    env.insert("RUST_LOG".into(), "warn".into());
+    let responder = HandlerProcess::start("responder", RESPONDER, &env);
+    let started = Instant::now();
+    kafka.wait_lag_zero(topics::RESPONDER_GROUP, &[topics::USER_MESSAGES], Duration::from_secs(600)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let metrics = client_text(&format!("http://127.0.0.1:{}/metrics", responder.port)).await;
+    println!(
+        "{:<44} n {backlog:>4}  {:>6.1} s  {:>6.0} messages/s  (per message: recall {:.1}, fetched to handled {:.1} ms)",
+        format!("responder throughput, concurrency {concurrency}"),
+        elapsed,
+        backlog as f64 / elapsed,
+        mean_ms(&metrics, "responder_recall_seconds"),
+        mean_ms(&metrics, "handler_latency_seconds"),
     );
 }
 
@@ -338,6 +376,9 @@ fn mean_ms(metrics: &str, name: &str) -> f64 {
 #[tokio::main]
 async fn main() {
     let n = env_or("BENCH_MESSAGES", 200);
+    // BENCH_ONLY=throughput (or latency, llm) runs one part.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wants = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let llm_n = env_or("BENCH_LLM_MESSAGES", 30);
     let kafka = Kafka::start(6).await;
     let qdrant = QdrantServer::start().expect("qdrant");
@@ -345,36 +386,43 @@ async fn main() {
         "pipeline benchmark: {n} messages per instant-LLM run, {llm_n} with llama-server; one at a time"
     );
 
-    // 4 (first, on a quiet machine). Footprint.
     let instant = instant_llm().await;
-    footprint(&kafka, &qdrant, &instant).await;
-
-    // 3. One Kafka hop with the stack's settings.
-    kafka_hop(&kafka, n).await;
-
-    // 1. Pipeline overhead: an LLM that answers at once.
-    let recent_only = [("MEMORY_TOP_K", "0")];
-    run("instant LLM, stack settings (recent turns)", &kafka, &qdrant, &instant, &recent_only, n).await;
-    run(
-        "instant LLM, librdkafka defaults (fetch 500, linger 5)",
-        &kafka,
-        &qdrant,
-        &instant,
-        &[("MEMORY_TOP_K", "0"), ("KAFKA_FETCH_WAIT_MAX_MS", "500"), ("KAFKA_LINGER_MS", "5")],
-        n,
-    )
-    .await;
-    run(
-        "instant LLM, fetch 1 ms, linger 0",
-        &kafka,
-        &qdrant,
-        &instant,
-        &[("MEMORY_TOP_K", "0"), ("KAFKA_FETCH_WAIT_MAX_MS", "1"), ("KAFKA_LINGER_MS", "0")],
-        n,
-    )
-    .await;
-    run("instant LLM, full recall (embed + search)", &kafka, &qdrant, &instant, &[], n).await;
-
+    if wants("footprint") {
+        // First, on a quiet machine.
+        footprint(&kafka, &qdrant, &instant).await;
+    }
+    if wants("latency") {
+        kafka_hop(&kafka, n).await;
+        let recent_only = [("MEMORY_TOP_K", "0")];
+        run("instant LLM, stack settings (recent turns)", &kafka, &qdrant, &instant, &recent_only, n).await;
+        run(
+            "instant LLM, librdkafka defaults (fetch 500, linger 5)",
+            &kafka,
+            &qdrant,
+            &instant,
+            &[("MEMORY_TOP_K", "0"), ("KAFKA_FETCH_WAIT_MAX_MS", "500"), ("KAFKA_LINGER_MS", "5")],
+            n,
+        )
+        .await;
+        run(
+            "instant LLM, fetch 1 ms, linger 0",
+            &kafka,
+            &qdrant,
+            &instant,
+            &[("MEMORY_TOP_K", "0"), ("KAFKA_FETCH_WAIT_MAX_MS", "1"), ("KAFKA_LINGER_MS", "0")],
+            n,
+        )
+        .await;
+        run("instant LLM, full recall (embed + search)", &kafka, &qdrant, &instant, &[], n).await;
+    }
+    if wants("throughput") {
+        for concurrency in [1, 8, 32] {
+            responder_throughput(&kafka, &qdrant, &instant, concurrency, env_or("BENCH_BACKLOG", 1000)).await;
+        }
+    }
+    if !wants("llm") {
+        return;
+    }
     // 2. The real tiny model, through the stack and directly, alternately.
     let llama = LlamaServer::chat().expect("llama-server");
     let through_stack = {

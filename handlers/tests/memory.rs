@@ -139,12 +139,12 @@ async fn exit_when_idle_drains_commits_and_exits_zero() {
 async fn a_full_worker_pauses_fetching_and_still_handles_everything() {
     let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
     let mut env = handler_env(&kafka, &qdrant.url());
-    // One record at a time, four held.
+    // One record at a time; 64 held at most, then paused until 32 are left.
     env.insert("HANDLER_CONCURRENCY".into(), "1".into());
     env.insert("RUST_LOG".into(), "info,handlers::runtime::consumer=debug".into());
-    // Twenty records waiting before the worker starts: it fills up at once.
+    // 150 records waiting before the worker starts: it fills up at once.
     let messages: Vec<_> =
-        (0..20).map(|i| UserMessage::new(Uuid::new_v4(), "alice", format!("Fact number {i}."))).collect();
+        (0..150).map(|i| UserMessage::new(Uuid::new_v4(), "alice", format!("Fact number {i}."))).collect();
     kafka.send_all(&messages).await;
     let memory = HandlerProcess::start("memory", MEMORY, &env);
     let mut events = kafka.watch(topics::MEMORY_EVENTS);

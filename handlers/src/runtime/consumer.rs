@@ -73,10 +73,13 @@ pub async fn run<H: Handler>(
         done: done_tx,
     };
     let mut lanes: Lanes<Job<H::Input>> = Lanes::new(settings.concurrency);
-    // Records fetched ahead of the workers; beyond this the partitions are paused (the
-    // loop keeps polling, so the group sees a live member and rebalances go through).
-    let capacity = settings.concurrency * 4;
-    let mut flow = Flow::default();
+    // Records fetched ahead of the workers; at this many the partitions are paused (the
+    // loop keeps polling, so the group sees a live member and rebalances go through)
+    // until half have been handled. Every resume makes librdkafka fetch again from the
+    // last record handed out, which took ~180 ms against tansu: resuming at each freed
+    // slot held one responder at 4 messages/s (BENCH_ONLY=throughput in
+    // handlers/benches/pipeline.rs), the hysteresis lets it run at the handler's pace.
+    let mut flow = Flow::new((settings.concurrency * 4).max(MIN_FETCHED_AHEAD));
     let mut commit_tick = tokio::time::interval(Duration::from_millis(200));
     commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_activity = Instant::now();
@@ -140,13 +143,13 @@ pub async fn run<H: Handler>(
                 }
             }
         }
-        flow.adjust(&consumer, lanes.held() >= capacity);
+        flow.adjust(&consumer, lanes.held());
     }
 
     // Drain: records already running may finish within the grace period; records that
     // have not started stay uncommitted and go to whoever reads the partition next. The
     // loop keeps polling (paused) so the group keeps seeing a live member.
-    flow.adjust(&consumer, true);
+    flow.set(&consumer, true);
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     while lanes.running() > 0 {
         tokio::select! {
@@ -197,16 +200,34 @@ async fn warm_up(producer: &FutureProducer) {
     }
 }
 
-/// Pauses fetching while the workers are full and resumes it when they are not.
-/// librdkafka resumes each partition after the last record handed to the loop.
-#[derive(Default)]
+/// The fewest records fetched ahead before pausing: a few user messages' worth of
+/// memory, and enough that a resume (a new fetch) serves many records.
+const MIN_FETCHED_AHEAD: usize = 64;
+
+/// Pauses fetching when `capacity` records are held and resumes it once half of them
+/// have been handled. librdkafka resumes each partition after the last record handed
+/// to the loop.
 struct Flow {
+    capacity: usize,
     paused: bool,
 }
 
 impl Flow {
-    fn adjust<C: Consumer<GroupContext>>(&mut self, consumer: &C, full: bool) {
-        if full == self.paused {
+    fn new(capacity: usize) -> Self {
+        Self { capacity, paused: false }
+    }
+
+    /// Pauses or resumes for `held` records waiting or running.
+    fn adjust<C: Consumer<GroupContext>>(&mut self, consumer: &C, held: usize) {
+        if !self.paused && held >= self.capacity {
+            self.set(consumer, true);
+        } else if self.paused && held <= self.capacity / 2 {
+            self.set(consumer, false);
+        }
+    }
+
+    fn set<C: Consumer<GroupContext>>(&mut self, consumer: &C, pause: bool) {
+        if pause == self.paused {
             return;
         }
         let assignment = match consumer.assignment() {
@@ -216,17 +237,17 @@ impl Flow {
                 return;
             }
         };
-        let result = if full { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
         match result {
             Ok(()) => {
-                self.paused = full;
+                self.paused = pause;
                 tracing::debug!(
                     partitions = assignment.count(),
                     "fetching {}",
-                    if full { "paused" } else { "resumed" }
+                    if pause { "paused" } else { "resumed" }
                 );
             }
-            Err(err) => tracing::warn!(error = %err, paused = full, "cannot pause or resume fetching"),
+            Err(err) => tracing::warn!(error = %err, paused = pause, "cannot pause or resume fetching"),
         }
     }
 }
