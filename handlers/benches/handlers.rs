@@ -19,7 +19,7 @@ use std::{
 
 use common::{handler_env, llm_env, HandlerProcess, Kafka};
 use platform::{events::UserMessage, topics};
-use testkit::{LlamaServer, QdrantServer};
+use testkit::{metric_total, LlamaServer, QdrantServer};
 use uuid::Uuid;
 
 const MEMORY: &str = env!("CARGO_BIN_EXE_memory");
@@ -28,25 +28,6 @@ const INPUTS: &[&str] = &[topics::USER_MESSAGES, topics::MODEL_RESPONSES];
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// Sum of a Prometheus histogram's `_sum` series.
-fn metric_sum(metrics: &str, name: &str) -> f64 {
-    let prefix = format!("{name}_sum");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn metric_count(metrics: &str, name: &str) -> f64 {
-    let prefix = format!("{name}_count");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(&prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 const SENTENCES: [&str; 8] = [
@@ -77,9 +58,11 @@ async fn memory_throughput(batch: usize, turns: usize) -> (f64, String) {
     kafka.wait_lag_zero(topics::MEMORY_GROUP, INPUTS, Duration::from_secs(900)).await;
     let elapsed = started.elapsed();
     let metrics = memory.metrics().await;
-    let (embed, upsert) =
-        (metric_sum(&metrics, "memory_embed_seconds"), metric_sum(&metrics, "memory_upsert_seconds"));
-    let batches = metric_count(&metrics, "memory_batch_size");
+    let (embed, upsert) = (
+        metric_total(&metrics, "memory_embed_seconds_sum"),
+        metric_total(&metrics, "memory_upsert_seconds_sum"),
+    );
+    let batches = metric_total(&metrics, "memory_batch_size_count");
     let rate = turns as f64 / elapsed.as_secs_f64();
     let line = format!(
         "| {batch} | {turns} | {:.1} s | **{rate:.0}/s** | {:.1} | {:.0}% | {:.0}% |",

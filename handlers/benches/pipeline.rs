@@ -37,7 +37,7 @@ use futures::StreamExt;
 use handlers::responder::prompt::DEFAULT_SYSTEM_PROMPT;
 use platform::{events::UserMessage, topics};
 use serde_json::json;
-use testkit::{free_port, http_status, LlamaServer, Process, QdrantServer, Signal};
+use testkit::{free_port, http_status, metric_total, rss_mb, LlamaServer, Process, QdrantServer, Signal};
 
 const RESPONDER: &str = env!("CARGO_BIN_EXE_responder");
 const MEMORY: &str = env!("CARGO_BIN_EXE_memory");
@@ -325,15 +325,6 @@ async fn responder_throughput(
     );
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Binary sizes, and each binary's RSS 2 s after it is ready with nothing to do.
 async fn footprint(kafka: &Kafka, qdrant: &QdrantServer, llm: &str) {
     let gateway_bin = Path::new(RESPONDER).with_file_name("gateway");
@@ -362,15 +353,8 @@ async fn client_text(url: &str) -> String {
 
 /// Mean of a Prometheus histogram (`_sum` / `_count` over all its series), in ms.
 fn mean_ms(metrics: &str, name: &str) -> f64 {
-    let total = |suffix: &str| -> f64 {
-        let prefix = format!("{name}_{suffix}");
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    1e3 * total("sum") / total("count").max(1.0)
+    1e3 * metric_total(metrics, &format!("{name}_sum"))
+        / metric_total(metrics, &format!("{name}_count")).max(1.0)
 }
 
 #[tokio::main]
