@@ -4,7 +4,7 @@
 #   ci/bench.sh [gateway|handlers|pipeline|all]
 # Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
-# BENCH_LLM_MESSAGES (handlers/benches/pipeline.rs).
+# BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"

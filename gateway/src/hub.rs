@@ -135,6 +135,16 @@ pub struct Subscription {
     pub live: mpsc::Receiver<Arc<StreamEvent>>,
 }
 
+impl Subscription {
+    /// The replayed events, then the live ones. Ends when the hub drops this stream's
+    /// sender: its client read too slowly (bounded memory) and resumes from the replay
+    /// window with `Last-Event-ID`.
+    pub fn events(self) -> impl futures::Stream<Item = Arc<StreamEvent>> + Unpin {
+        use futures::StreamExt;
+        futures::stream::iter(self.backlog).chain(tokio_stream::wrappers::ReceiverStream::new(self.live))
+    }
+}
+
 /// Why a stream was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SubscribeError {

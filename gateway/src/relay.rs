@@ -68,15 +68,10 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
 }
 
 async fn assign(kafka: &KafkaSettings) -> anyhow::Result<StreamConsumer> {
-    let mut config = kafka.base_config();
-    // A group id is only a label here: nothing subscribes or commits with it.
-    config
-        .set("group.id", format!("gateway-relay-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
-        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
-        .set("fetch.min.bytes", "1")
-        .set("enable.partition.eof", "false");
+    // The handlers' consumer settings (manual commits, fetch tuning); the group id is
+    // only a label here: nothing subscribes or commits with it.
+    let mut config = kafka.consumer_config(&format!("gateway-relay-{}", uuid::Uuid::new_v4()));
+    config.set("auto.offset.reset", "latest");
     let consumer: StreamConsumer = config.create().context("creating the reply relay consumer")?;
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
         let partitions = lag::partitions(&consumer, topics::MODEL_RESPONSES, Duration::from_secs(5))?;

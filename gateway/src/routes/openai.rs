@@ -21,7 +21,6 @@ use axum::{
 use futures::{stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use crate::{auth::User, error::ApiError, hub::StreamEvent, state::AppState};
@@ -123,9 +122,7 @@ pub async fn chat_completions(
     let id = format!("chatcmpl-{message_id}");
     let created = message.ts.timestamp();
     let model = if request.model.is_empty() { "chat-stack".to_string() } else { request.model };
-    let steps = stream::iter(subscription.backlog)
-        .chain(ReceiverStream::new(subscription.live))
-        .filter_map(move |e| futures::future::ready(step(&e, message_id)));
+    let steps = subscription.events().filter_map(move |e| futures::future::ready(step(&e, message_id)));
 
     if !request.stream {
         let mut steps = Box::pin(steps);

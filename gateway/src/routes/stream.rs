@@ -19,7 +19,7 @@ use axum::{
 };
 use futures::{future::Either, stream, Stream, StreamExt};
 use serde::Deserialize;
-use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_stream::wrappers::WatchStream;
 use uuid::Uuid;
 
 use crate::{
@@ -90,9 +90,7 @@ pub(super) fn sse(
     subscription: Subscription,
     only: Option<Uuid>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    // The live part ends when the hub drops this stream's sender: the client read too
-    // slowly (bounded memory); EventSource then resumes from the replay window.
-    let replies = stream::iter(subscription.backlog).chain(ReceiverStream::new(subscription.live));
+    let replies = subscription.events();
     let replies = match only {
         None => Either::Left(replies),
         // Ends right after the final event, without waiting for another one.
