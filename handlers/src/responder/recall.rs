@@ -41,6 +41,7 @@ impl Recall {
                 Ok(turns) => turns,
                 Err(err) => {
                     tracing::warn!(error = %err, "memory unavailable: answering without recent turns");
+                    degraded("recent_turns");
                     Vec::new()
                 }
             }
@@ -54,6 +55,7 @@ impl Recall {
                 Ok(_) => return Vec::new(),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot embed the message: answering without similar memories");
+                    degraded("embedding");
                     return Vec::new();
                 }
             };
@@ -61,6 +63,7 @@ impl Recall {
                 Ok(found) => found.into_iter().map(|(m, _)| m).collect(),
                 Err(err) => {
                     tracing::warn!(error = %err, "memory unavailable: answering without similar memories");
+                    degraded("similar");
                     Vec::new()
                 }
             }
@@ -79,4 +82,9 @@ impl Recall {
             .collect();
         Recalled { recent, similar }
     }
+}
+
+/// Counts a recall that failed, so a dashboard shows answers given without memory.
+fn degraded(part: &'static str) {
+    metrics::counter!("responder_recall_failures_total", "part" => part).increment(1);
 }

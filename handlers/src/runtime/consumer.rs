@@ -320,6 +320,11 @@ impl<H: Handler> Worker<H> {
         let generation = lock(tracker).start(&partition, record.offset());
         let work = match record.payload() {
             None => Work::DeadLetter("record has no value".into()),
+            Some(payload) if payload.len() > self.settings.max_record_bytes => Work::DeadLetter(format!(
+                "record of {} bytes is over HANDLER_MAX_RECORD_BYTES ({})",
+                payload.len(),
+                self.settings.max_record_bytes
+            )),
             Some(payload) => match self.handler.decode(record.topic(), payload) {
                 Ok(Some(input)) => Work::Handle(input),
                 Ok(None) => {

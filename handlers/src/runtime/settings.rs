@@ -21,6 +21,10 @@ pub struct RuntimeSettings {
     pub retrying: Retrying,
     /// How long SIGTERM waits for records in flight.
     pub shutdown_grace: Duration,
+    /// Records larger than this go to the DLQ undecoded: no producer of ours writes one
+    /// (the gateway caps a message at `MAX_MESSAGE_BYTES`), and a huge one would reach
+    /// the embedder and the LLM.
+    pub max_record_bytes: usize,
 }
 
 /// How often and how patiently a failing record is retried.
@@ -87,6 +91,10 @@ impl RuntimeSettings {
             )?,
             retrying: Retrying::from_env(env)?,
             shutdown_grace: Duration::from_secs(env.parse_or("HANDLER_SHUTDOWN_GRACE_SECS", 20)?),
+            max_record_bytes: at_least_one(
+                "HANDLER_MAX_RECORD_BYTES",
+                env.parse_or("HANDLER_MAX_RECORD_BYTES", 256 * 1024)?,
+            )?,
         })
     }
 }

@@ -399,12 +399,13 @@ impl Report {
         let s = &self.streams;
         let _ = writeln!(
             out,
-            "streams: {} reconnect attempts, {} gaps, {} shutdowns, {} refused; {} retried replies, {} text mismatches, {} unmatched events",
+            "streams: {} reconnect attempts, {} gaps, {} shutdowns, {} refused; {} retried replies, {} duplicate ends, {} text mismatches, {} unmatched events",
             s.reconnects,
             s.gaps,
             s.shutdowns,
             s.refused.values().sum::<u64>(),
             c.retried,
+            s.duplicate_ends,
             c.text_mismatches,
             c.unmatched_events
         );

@@ -261,6 +261,8 @@ pub struct StreamStats {
     pub malformed: u64,
     /// Events for a message after its `done`/`error`.
     pub after_end: u64,
+    /// Of those, a second `done`/`error`: the client saw the message end twice.
+    pub duplicate_ends: u64,
 }
 
 #[derive(Default)]
@@ -362,7 +364,12 @@ impl Tracker {
     fn apply(inner: &mut Inner, index: usize, event: &ReplyEvent, at: Duration) {
         let record = &mut inner.records[index];
         match record.apply(event, at) {
-            Applied::Late => inner.streams.after_end += 1,
+            Applied::Late => {
+                inner.streams.after_end += 1;
+                if matches!(event.kind, EventKind::Done { .. } | EventKind::Error { .. }) {
+                    inner.streams.duplicate_ends += 1;
+                }
+            }
             Applied::Ok => match event.kind {
                 EventKind::Done { .. } => inner.counts.answered += 1,
                 EventKind::Error { .. } => inner.counts.errored += 1,
@@ -492,14 +499,15 @@ mod tests {
         t.event(reset(id, b));
         t.event(token(id, b, "whole"));
         t.event(done(id, b, "whole"));
-        // The superseded attempt's late events are ignored.
+        // The superseded attempt's late events are ignored, and a second end counted.
         t.event(token(id, a, "late"));
+        t.event(done(id, a, "partial"));
         let (records, streams, _) = t.finish();
         let r = &records[0];
         assert_eq!(r.ttft(), Some(Duration::from_millis(30)));
         assert_eq!((r.tokens, r.attempts), (1, 2));
         assert!(!r.text_mismatch, "the shown attempt's tokens make the done text");
-        assert_eq!(streams.after_end, 1);
+        assert_eq!((streams.after_end, streams.duplicate_ends), (2, 1));
     }
 
     #[test]

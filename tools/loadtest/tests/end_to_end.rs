@@ -34,21 +34,6 @@ use uuid::Uuid;
 const JWT_SECRET: &str = "loadtest-secret-loadtest-secret-0123456789";
 const CONVERSATION_KEY: &str = "conversation-key-conversation-key-0123456789";
 
-/// The `gateway` binary of this workspace. Another package's binary has no
-/// `CARGO_BIN_EXE_*`; it sits next to the test executable's `deps/` directory once
-/// built (`cargo nextest run --workspace`, or `cargo build -p gateway`).
-fn gateway_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/<test>");
-    let binary = dir.join("gateway");
-    assert!(
-        binary.is_file(),
-        "the gateway binary is not at {}: build it first (`cargo build -p gateway`, or run the tests with `cargo nextest run --workspace`)",
-        binary.display()
-    );
-    binary
-}
-
 struct Gateway {
     _process: Process,
     base: String,
@@ -58,7 +43,7 @@ struct Gateway {
 fn start_gateway(broker: &Broker) -> Gateway {
     let port = free_port().expect("port");
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut command = Command::new(gateway_binary());
+    let mut command = Command::new(testkit::workspace_binary("gateway").expect("gateway binary"));
     command
         .arg("serve")
         .env_clear()

@@ -1,0 +1,62 @@
+//! Drill 1: a responder SIGKILLed again and again while conversations stream.
+
+use std::time::{Duration, Instant};
+
+use drills::{
+    stack::{load, wait_for},
+    Figures, Stack,
+};
+use testkit::{LlamaServer, Signal};
+
+/// Kills of the responder during the run.
+const KILLS: usize = 3;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_responder_killed_mid_answer_again_and_again_loses_and_mixes_nothing() {
+    let llm = LlamaServer::chat().expect("llama-server");
+    let mut stack = Stack::start(llm.base_url()).await.expect("stack");
+    let gateway = stack.add_gateway(&[]).expect("gateway").url();
+    stack.add_responder(&[]).expect("responder");
+
+    // 6 users, 2 messages/s for 12 s; the killer runs alongside.
+    let run = tokio::spawn(load_run(gateway));
+    let started = Instant::now();
+    let mut replaced = Vec::new();
+    for _ in 0..KILLS {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Kill it mid-record, not between two.
+        let busy = wait_for("the responder is busy", Duration::from_secs(10), async || {
+            let responder = stack.responders.last().expect("a responder");
+            responder.metric("handler_records_in_flight").await > 0.0
+        })
+        .await;
+        busy.expect("records in flight");
+        let victim = stack.responders.last_mut().expect("a responder");
+        victim.process.signal(Signal::SIGKILL);
+        let _ = victim.process.wait_exit(Duration::from_secs(5));
+        let at = Instant::now();
+        // Like a Deployment's replacement pod: a new process, the same group.
+        stack.add_responder(&[]).expect("replacement responder");
+        replaced.push(at.elapsed().as_secs_f64());
+    }
+    let report = run.await.expect("load task").expect("load test");
+
+    let c = &report.counts;
+    let mut figures = Figures::new("killed-responder");
+    figures
+        .add("kills", KILLS)
+        .load("", &report)
+        .secs("replacement_ready_max", replaced.iter().copied().fold(0.0, f64::max))
+        .secs("elapsed", started.elapsed().as_secs_f64());
+    figures.print();
+    assert!(c.accepted >= 20, "the gateway took the load: {}", figures.line());
+    assert_eq!(c.unanswered, 0, "every accepted message is answered: {}", report.table());
+    assert_eq!(c.answered, c.accepted, "answered, not errored: {}", figures.line());
+    assert_eq!(report.streams.duplicate_ends, 0, "each message ends once for its client");
+    assert_eq!(c.text_mismatches, 0, "no reply mixes the killed attempt's tokens with the new one's");
+    assert!(c.retried >= 1, "at least one kill hit an answer in flight: {}", figures.line());
+}
+
+async fn load_run(gateway: String) -> anyhow::Result<loadtest::Report> {
+    load(&gateway, 6, 2.0, 12.0, 90.0).await
+}
