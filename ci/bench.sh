@@ -2,7 +2,7 @@
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
 #   ci/bench.sh [gateway|handlers|pipeline|all]
-# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS (gateway/benches/gateway.rs);
+# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, BENCH_ONLY=delivery (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
 # BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs).
 set -euo pipefail

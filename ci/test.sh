@@ -74,7 +74,7 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   timeout 40m cargo test --workspace --locked --no-fail-fast --exclude drills || status=$?
   step "reliability drills"
-  timeout 20m cargo test -p drills --locked --no-fail-fast -- --test-threads 1 || status=$?
+  timeout 20m cargo test -p drills --locked --no-fail-fast -- --test-threads 1 --nocapture || status=$?
 fi
 [ "$status" -eq 0 ] || die "tests failed (exit $status)"
 step "all checks passed"

@@ -3,26 +3,34 @@
 //!    concurrency, next to a raw rdkafka producer (same acks, same concurrency);
 //! 2. fan-out: the gateway's RSS holding N idle SSE streams, one HTTP/1.1 connection
 //!    each and multiplexed over HTTP/2, next to N idle plain keep-alive connections
-//!    (the per-connection cost that is not SSE's).
+//!    (the per-connection cost that is not SSE's);
+//! 3. token delivery: 1k and N streams reading as fast as they can, spread over 100
+//!    conversations, while token events are published at rising rates: the events
+//!    delivered per second, the gateway's CPU and RSS.
 //!
 //! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
-//! Knobs: BENCH_CONCURRENCY (64), BENCH_SECS (10), BENCH_STREAMS (10000).
+//! Knobs: BENCH_CONCURRENCY (64), BENCH_SECS (10), BENCH_STREAMS (10000),
+//! BENCH_ONLY=delivery (skip ingest and idle fan-out).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
 };
 
 use common::*;
-use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
+use platform::{
+    events::{ModelResponse, ReplyBody, UserMessage},
+    kafka::publish,
+    trace_context::TraceParent,
+};
 use serde_json::json;
-use testkit::rss_mb;
+use testkit::{cpu_secs, metric_total, rss_mb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -113,18 +121,50 @@ async fn main() {
     let pid = gateway.process.pid();
     println!("gateway benchmark: concurrency {concurrency}, {secs} s per run, {streams} streams");
     println!("gateway idle RSS: {:.1} MB", rss_mb(pid));
-
-    // 1. Ingest through the gateway.
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
     let token = token("bench");
+    if std::env::var("BENCH_ONLY").as_deref() != Ok("delivery") {
+        ingest_and_fan_out(&kafka, &gateway, &client, &token, concurrency, secs, streams).await;
+    }
+
+    // 5. Token delivery, on fresh gateways: 100 conversations (each a real accepted
+    //    message), 1k and then `streams` readers spread over them.
+    let mut messages = Vec::with_capacity(DELIVERY_CONVERSATIONS);
+    for i in 0..DELIVERY_CONVERSATIONS {
+        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": format!("deliver {i}")})).await;
+        messages.push(accepted_message(&body, "bench"));
+    }
+    for n in [1_000, streams] {
+        delivery(&kafka, &token, &messages, n, secs).await;
+    }
+}
+
+/// Conversations the delivery streams are spread over.
+const DELIVERY_CONVERSATIONS: usize = 100;
+/// Token events published per second (over all conversations), one step each.
+const DELIVERY_RATES: [usize; 4] = [100, 300, 1_000, 3_000];
+
+/// Sections 1-4: ingest, idle fan-out and idle keep-alive connections.
+async fn ingest_and_fan_out(
+    kafka: &Kafka,
+    gateway: &Gateway,
+    client: &reqwest::Client,
+    token: &str,
+    concurrency: usize,
+    secs: u64,
+    streams: usize,
+) {
+    let pid = gateway.process.pid();
+
+    // 1. Ingest through the gateway.
     let url = gateway.url("/chat");
     let conversation = {
-        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": "warm-up"})).await;
+        let (_, body) = post_chat(client, gateway, token, json!({"text": "warm-up"})).await;
         body["conversation_id"].as_str().expect("conversation").to_string()
     };
     let gateway_run = {
         let (client, url, token, conversation) =
-            (client.clone(), url.clone(), token.clone(), conversation.clone());
+            (client.clone(), url.clone(), token.to_string(), conversation.clone());
         drive(concurrency, secs, move || {
             let request = client
                 .post(&url)
@@ -159,15 +199,15 @@ async fn main() {
     //    HTTP/1.1 proxies open them.
     let mut conversations = Vec::with_capacity(streams);
     for i in 0..streams {
-        let (_, body) = post_chat(&client, &gateway, &token, json!({"text": format!("stream {i}")})).await;
+        let (_, body) = post_chat(client, gateway, token, json!({"text": format!("stream {i}")})).await;
         conversations.push(body["conversation_id"].as_str().expect("conversation").to_string());
     }
-    let fan_out = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let fan_out = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
     let started = Instant::now();
     let mut open = Vec::with_capacity(streams);
     let stream_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
     for conversation in &conversations {
-        open.push(open_stream(&stream_client, &fan_out, &token, conversation).await);
+        open.push(open_stream(&stream_client, &fan_out, token, conversation).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
@@ -181,7 +221,7 @@ async fn main() {
     // 3b. The same streams multiplexed over HTTP/2 (h2c), as an HTTP/2-speaking proxy
     //     (Envoy, a service mesh) sends them, on a fresh gateway: hyper serves at most
     //     200 concurrent streams per connection, so 100 streams per client connection.
-    let multiplexed = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let multiplexed = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
     let started = Instant::now();
     let mut open = Vec::with_capacity(streams);
     let mut h2_client = None;
@@ -190,7 +230,7 @@ async fn main() {
             h2_client = Some(reqwest::Client::builder().http2_prior_knowledge().build().expect("client"));
         }
         let h2 = h2_client.as_ref().expect("client");
-        let response = open_stream(h2, &multiplexed, &token, conversation).await;
+        let response = open_stream(h2, &multiplexed, token, conversation).await;
         assert_eq!(response.version(), reqwest::Version::HTTP_2);
         open.push(response);
     }
@@ -206,7 +246,7 @@ async fn main() {
     // 4. For comparison: the same number of idle HTTP/1.1 keep-alive connections (one
     //    `GET /health` each, then silence) on a fresh gateway: the per-connection cost
     //    that is not SSE's.
-    let plain = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0")]);
+    let plain = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0")]);
     let address = plain.base.trim_start_matches("http://").to_string();
     let mut sockets = Vec::with_capacity(streams);
     for _ in 0..streams {
@@ -222,4 +262,107 @@ async fn main() {
         "{streams} idle keep-alive connections (no SSE): gateway RSS {:.1} MB (fresh process)",
         rss_mb(plain.process.pid())
     );
+}
+
+/// One gateway with `streams` readers over `messages`' conversations, fed token events
+/// at each of DELIVERY_RATES for `secs`: prints delivered events per second, the
+/// gateway's CPU and RSS, and the streams it cut as too slow.
+async fn delivery(kafka: &Kafka, token: &str, messages: &[UserMessage], streams: usize, secs: u64) {
+    let gateway = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let pid = gateway.process.pid();
+    let address = gateway.base.trim_start_matches("http://").to_string();
+    let received = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let conversation = messages[i % messages.len()].conversation_id;
+        let request = format!(
+            "GET /stream?conversation_id={conversation} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connect");
+        socket.write_all(request.as_bytes()).await.expect("request");
+        readers.push(tokio::spawn(count_tokens(socket, received.clone())));
+    }
+    let metrics = |name: &'static str| {
+        let url = gateway.url("/metrics");
+        async move {
+            let text = reqwest::get(url).await.expect("metrics").text().await.expect("metrics body");
+            metric_total(&text, name)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics("gateway_open_streams").await < streams as f64 {
+        assert!(Instant::now() < deadline, "{streams} streams not open after 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("token delivery, {streams} streams over {} conversations (HTTP/1.1):", messages.len());
+    let producer = kafka.settings.producer().expect("producer");
+    let per_stream_fan_out = streams as f64 / messages.len() as f64;
+    let mut seq = 0u32;
+    for rate in DELIVERY_RATES {
+        let (cut, cpu, got) = (
+            metrics("gateway_slow_streams_cut_total").await,
+            cpu_secs(pid),
+            received.load(Ordering::Relaxed),
+        );
+        let started = Instant::now();
+        let mut sends = tokio::task::JoinSet::new();
+        // Every 10 ms, a hundredth of a second's events, round the conversations.
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let per_tick = (rate / 100).max(1);
+        let mut published = 0usize;
+        while started.elapsed() < Duration::from_secs(secs) {
+            tick.tick().await;
+            for _ in 0..per_tick {
+                let message = &messages[published % messages.len()];
+                let body = ReplyBody::Token { seq, delta: "token ".into() };
+                let event = ModelResponse::for_message(message, message.message_id, body);
+                let producer = producer.clone();
+                sends.spawn(async move {
+                    publish(&producer, &event, &TraceParent::new_root(), Duration::from_secs(30))
+                        .await
+                        .is_ok()
+                });
+                published += 1;
+                seq += 1;
+            }
+        }
+        let stored = sends.join_all().await.into_iter().filter(|ok| *ok).count();
+        // Let the last events reach the clients.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let delivered = received.load(Ordering::Relaxed) - got;
+        let expected = stored as f64 * per_stream_fan_out;
+        println!(
+            "  {:>5.0} events/s stored: {:>9.0} delivered/s ({:>5.1}% of {:>9.0}), gateway CPU {:>5.1}%, RSS {:>6.1} MB, {} streams cut",
+            stored as f64 / secs as f64,
+            delivered as f64 / secs as f64,
+            100.0 * delivered as f64 / expected.max(1.0),
+            expected / secs as f64,
+            100.0 * (cpu_secs(pid) - cpu) / elapsed,
+            rss_mb(pid),
+            metrics("gateway_slow_streams_cut_total").await - cut,
+        );
+    }
+    for reader in readers {
+        reader.abort();
+    }
+}
+
+/// Reads an SSE response as fast as it comes, counting `token` events.
+async fn count_tokens(mut socket: tokio::net::TcpStream, received: Arc<AtomicU64>) {
+    const NEEDLE: &[u8] = b"event: token";
+    let mut buf = vec![0u8; 64 * 1024];
+    // The tail of the last read, so a needle split across two reads is still counted.
+    let mut carry = 0usize;
+    loop {
+        let n = match socket.read(&mut buf[carry..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let filled = carry + n;
+        let found = buf[..filled].windows(NEEDLE.len()).filter(|w| *w == NEEDLE).count();
+        received.fetch_add(found as u64, Ordering::Relaxed);
+        carry = (NEEDLE.len() - 1).min(filled);
+        buf.copy_within(filled - carry..filled, 0);
+    }
 }

@@ -95,6 +95,10 @@ struct MessageState {
     current: Option<Uuid>,
     superseded: Vec<Uuid>,
     finished: bool,
+    /// The `seq` the current attempt's next token should have: a token below it is a
+    /// second copy of one already shown (a producer without idempotence retried a
+    /// write that had been stored), and showing it would repeat its text.
+    next_seq: u32,
 }
 
 struct Conversation {
@@ -233,9 +237,19 @@ impl Hub {
             Some(current) => {
                 state.superseded.push(current);
                 state.current = Some(response.attempt);
+                state.next_seq = 0;
                 out.push(reset_event(id, response));
             }
             None => state.current = Some(response.attempt),
+        }
+        if let ReplyBody::Token { seq, .. } = &response.body {
+            if state.current == Some(response.attempt) {
+                if *seq < state.next_seq {
+                    metrics::counter!("gateway_duplicate_tokens_dropped_total").increment(1);
+                    return 0;
+                }
+                state.next_seq = seq.saturating_add(1);
+            }
         }
         if response.is_final() {
             state.finished = true;
@@ -499,6 +513,25 @@ mod tests {
         let mut forged = token(&msg, Uuid::new_v4(), 0);
         forged.user_id = "mallory".into();
         assert_eq!(hub.publish(log.id(), &forged), 0);
+    }
+
+    #[test]
+    fn a_second_copy_of_a_token_is_not_shown_twice() {
+        let hub = Hub::new(HubLimits::default());
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let a = Uuid::new_v4();
+        let mut log = Log { next: 0 };
+        let mut sub = hub.subscribe(msg.conversation_id, "alice", None).unwrap();
+        assert_eq!(hub.publish(log.id(), &token(&msg, a, 0)), 1);
+        assert_eq!(hub.publish(log.id(), &token(&msg, a, 1)), 1);
+        assert_eq!(hub.publish(log.id(), &token(&msg, a, 1)), 0, "a retried write's copy");
+        assert_eq!(hub.publish(log.id(), &token(&msg, a, 2)), 1);
+        hub.publish(log.id(), &done(&msg, a));
+        let mut deltas = Vec::new();
+        while let Ok(event) = sub.live.try_recv() {
+            deltas.push(event.kind);
+        }
+        assert_eq!(deltas, ["token", "token", "token", "done"]);
     }
 
     #[test]

@@ -220,6 +220,18 @@ pub fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds (0 if unknown).
+/// Linux reports it in clock ticks, 100 per second on every platform Rust targets.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3: utime and
+    // stime are fields 14 and 15.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// The sum of every series of Prometheus metric `name` in a `/metrics` text (e.g.
 /// `x_seconds_sum` over all its labels).
 pub fn metric_total(metrics: &str, name: &str) -> f64 {

@@ -54,8 +54,7 @@ impl FakeLlm {
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let mode = decode(m.load(Ordering::SeqCst));
-                c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(answer(socket, mode));
+                tokio::spawn(answer(socket, mode, c.clone()));
             }
         });
         Ok(Self { url, mode, calls })
@@ -84,10 +83,11 @@ fn decode(mode: u8) -> Mode {
         .unwrap_or(Mode::Answer)
 }
 
-async fn answer(mut socket: TcpStream, mode: Mode) {
+async fn answer(mut socket: TcpStream, mode: Mode, calls: Arc<AtomicUsize>) {
     if read_request(&mut socket).await.is_err() {
         return;
     }
+    calls.fetch_add(1, Ordering::SeqCst);
     let response = match mode {
         Mode::Answer => http(200, "text/event-stream", &stream_body()),
         Mode::Fail500 => http(

@@ -30,9 +30,10 @@ impl Figures {
     }
 
     /// Adds the message counts of a load-test run, prefixed with `prefix` when several
-    /// runs report together: sent, accepted, rejected, answered, errored, lost (accepted
-    /// with no `done`/`error`), duplicated (a second end seen), retried (a new attempt
-    /// shown) and mixed (a `done` whose text is not the tokens shown).
+    /// runs report together: sent, accepted, rejected, failed (no HTTP answer), answered,
+    /// errored, lost (accepted with no `done`/`error`), duplicated (a second end seen),
+    /// retried (a new attempt shown), mixed (a `done` whose text is not the tokens shown)
+    /// and the median time from POST to `done`.
     pub fn load(&mut self, prefix: &str, report: &Report) -> &mut Self {
         let c = &report.counts;
         let name = |n: &str| if prefix.is_empty() { n.to_string() } else { format!("{prefix}.{n}") };

@@ -44,18 +44,10 @@ impl Service {
         http_status(self.port, "/ready")
     }
 
-    /// The `/metrics` text (empty when unreachable).
-    pub async fn metrics(&self) -> String {
-        match reqwest::get(format!("{}/metrics", self.url())).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        }
-    }
-
     /// `POST /chat` of `text` as the holder of `token`, starting a conversation; the
     /// `(conversation_id, message_id)` of the 202.
     pub async fn post_message(&self, token: &str, text: &str) -> anyhow::Result<(Uuid, Uuid)> {
-        let response = reqwest::Client::new()
+        let response = client()
             .post(format!("{}/chat", self.url()))
             .bearer_auth(token)
             .json(&serde_json::json!({"text": text}))
@@ -67,10 +59,29 @@ impl Service {
         Ok((id("conversation_id")?, id("message_id")?))
     }
 
-    /// The sum of the samples of metric `name` (all label sets).
-    pub async fn metric(&self, name: &str) -> f64 {
-        testkit::metric_total(&self.metrics().await, name)
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let response = client().get(format!("{}/metrics", self.url())).send().await?;
+        Ok(response.error_for_status()?.text().await?)
     }
+
+    /// The sum of the samples of metric `name` (all label sets); an error when the
+    /// process does not answer, so a dead process never reads as "0 open streams".
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(testkit::metric_total(&self.metrics().await?, name))
+    }
+
+    /// The samples of metric `name` whose labels include `label` (e.g. `part="similar"`).
+    pub async fn metric_with(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let text = self.metrics().await?;
+        let lines = text.lines().filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label));
+        Ok(lines.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+    }
+}
+
+/// An HTTP client whose requests give up after 10 s.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default()
 }
 
 /// A broker with the stack's topics, a Qdrant engine server, and the processes added.
@@ -118,6 +129,7 @@ impl Stack {
     }
 
     /// The lag of `group` on `topics` as KEDA computes it (offsetResetPolicy earliest).
+    /// Blocks its worker thread (`block_in_place`): call it on a multi-thread runtime.
     pub fn group_lag(&self, group: &str, topics: &[&str]) -> anyhow::Result<i64> {
         let client = self.kafka().base_consumer(group)?;
         let lags = tokio::task::block_in_place(|| {

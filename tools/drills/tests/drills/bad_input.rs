@@ -186,7 +186,7 @@ async fn jwt_attacks_are_refused_with_a_json_error_at_every_route() {
     // A valid token of another user reaches nothing of Alice's conversation.
     for (method, path, body) in &routes[..2] {
         let (status, text) = call(&client, &gateway, method, path, body, Some(&bob)).await;
-        check(format!("another user's conversation on {method} {path}"), status, &text, &[403, 404]);
+        check(format!("another user's conversation on {method} {path}"), status, &text, &[404]);
     }
     let mut figures = Figures::new("jwt-attacks");
     figures
@@ -205,7 +205,8 @@ async fn fuzzing_the_http_api_from_its_openapi_document_finds_no_5xx_and_no_undo
     let llm = FakeLlm::start().await.expect("fake LLM");
     let mut stack = Stack::start(llm.url()).await.expect("stack");
     let gateway = stack.add_gateway(&[]).expect("gateway").url();
-    stack.add_responder(&[]).expect("responder");
+    // Every 202 is a message to answer; /v1 waits for its reply behind them.
+    stack.add_responder(&[("HANDLER_CONCURRENCY", "32")]).expect("responder");
     let token = loadtest::auth::mint(JWT_SECRET, "fuzzer", Duration::from_secs(3600)).expect("token");
     let (conversation, _) =
         stack.gateways[0].post_message(&token, "a conversation for the fuzzer").await.expect("202");

@@ -33,7 +33,7 @@ async fn two_gateways_and_a_rebalancing_responder_group_answer_everything() {
     let handled: Vec<f64> = {
         let mut handled = Vec::new();
         for r in &stack.responders[1..] {
-            handled.push(r.metric("handler_records_total").await);
+            handled.push(r.metric("handler_records_total").await.expect("responder 2 metrics"));
         }
         handled
     };
