@@ -141,8 +141,11 @@ async fn main() {
 
 /// Conversations the delivery streams are spread over.
 const DELIVERY_CONVERSATIONS: usize = 100;
-/// Token events published per second (over all conversations), one step each.
-const DELIVERY_RATES: [usize; 4] = [100, 300, 1_000, 3_000];
+/// Token events published per second (over all conversations), one step each. tansu
+/// takes ~1 000 single-event writes/s here next to everything else; at 3 000/s its
+/// writes time out and the idempotent producer's epoch bump breaks it (see
+/// docs/DEPENDENCIES.md), so the fan-out per event is what scales the delivery rate.
+const DELIVERY_RATES: [usize; 3] = [100, 300, 1_000];
 
 /// Sections 1-4: ingest, idle fan-out and idle keep-alive connections.
 async fn ingest_and_fan_out(
