@@ -34,6 +34,10 @@ use testkit::{cpu_secs, metric_total, rss_mb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
+/// Settings of the gateways here that serve streams: no rate limit; heartbeats rare enough not to
+/// count in the streams' figures.
+const STREAMING_GATEWAY: &[(&str, &str)] = &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")];
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -117,7 +121,7 @@ async fn main() {
     let secs = env_or("BENCH_SECS", 10) as u64;
     let streams = env_or("BENCH_STREAMS", 10_000);
     let kafka = Kafka::start().await;
-    let gateway = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let gateway = Gateway::start(&kafka, STREAMING_GATEWAY);
     let pid = gateway.process.pid();
     println!("gateway benchmark: concurrency {concurrency}, {secs} s per run, {streams} streams");
     println!("gateway idle RSS: {:.1} MB", rss_mb(pid));
@@ -205,7 +209,7 @@ async fn ingest_and_fan_out(
         let (_, body) = post_chat(client, gateway, token, json!({"text": format!("stream {i}")})).await;
         conversations.push(body["conversation_id"].as_str().expect("conversation").to_string());
     }
-    let fan_out = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let fan_out = Gateway::start(kafka, STREAMING_GATEWAY);
     let started = Instant::now();
     let mut open = Vec::with_capacity(streams);
     let stream_client = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
@@ -224,7 +228,7 @@ async fn ingest_and_fan_out(
     // 3b. The same streams multiplexed over HTTP/2 (h2c), as an HTTP/2-speaking proxy
     //     (Envoy, a service mesh) sends them, on a fresh gateway: hyper serves at most
     //     200 concurrent streams per connection, so 100 streams per client connection.
-    let multiplexed = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let multiplexed = Gateway::start(kafka, STREAMING_GATEWAY);
     let started = Instant::now();
     let mut open = Vec::with_capacity(streams);
     let mut h2_client = None;
@@ -271,7 +275,7 @@ async fn ingest_and_fan_out(
 /// at each of DELIVERY_RATES for `secs`: prints delivered events per second, the
 /// gateway's CPU and RSS, and the streams it cut as too slow.
 async fn delivery(kafka: &Kafka, token: &str, messages: &[UserMessage], streams: usize, secs: u64) {
-    let gateway = Gateway::start(kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("SSE_HEARTBEAT_SECS", "15")]);
+    let gateway = Gateway::start(kafka, STREAMING_GATEWAY);
     let pid = gateway.process.pid();
     let address = gateway.base.trim_start_matches("http://").to_string();
     let received = Arc::new(AtomicU64::new(0));

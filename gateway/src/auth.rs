@@ -69,11 +69,7 @@ impl Authenticator {
         let (keys, mut validation) = if algorithm == "hs256" {
             let secret = env.required_secret("JWT_SECRET", "the HS256 key that signs user tokens")?;
             if secret.expose_secret().len() < 32 {
-                return Err(SettingsError::Invalid {
-                    name: "JWT_SECRET".into(),
-                    value: "(hidden)".into(),
-                    reason: "must be at least 32 bytes".into(),
-                });
+                return Err(SettingsError::invalid("JWT_SECRET", "(hidden)", "must be at least 32 bytes"));
             }
             let key = DecodingKey::from_secret(secret.expose_secret().as_bytes());
             (Keys::One(Box::new(key)), Validation::new(Algorithm::HS256))
@@ -84,10 +80,14 @@ impl Authenticator {
                 "JWT_PUBLIC_KEY_FILE",
                 "PEM file with the RS256 public key (or set JWT_JWKS_FILE to a JWKS file)",
             )?;
-            let pem =
-                std::fs::read(&path).map_err(|e| invalid("JWT_PUBLIC_KEY_FILE", &path, e.to_string()))?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| SettingsError::invalid("JWT_PUBLIC_KEY_FILE", &path, e.to_string()))?;
             let key = DecodingKey::from_rsa_pem(&pem).map_err(|e| {
-                invalid("JWT_PUBLIC_KEY_FILE", &path, format!("not an RSA public key in PEM form: {e}"))
+                SettingsError::invalid(
+                    "JWT_PUBLIC_KEY_FILE",
+                    &path,
+                    format!("not an RSA public key in PEM form: {e}"),
+                )
             })?;
             (Keys::One(Box::new(key)), Validation::new(Algorithm::RS256))
         };
@@ -136,28 +136,26 @@ impl Authenticator {
 
 /// The RSA keys of a JWKS file by `kid`; other key types are skipped.
 fn read_jwks(path: &str) -> Result<HashMap<String, DecodingKey>, SettingsError> {
-    let text = std::fs::read(path).map_err(|e| invalid("JWT_JWKS_FILE", path, e.to_string()))?;
+    let text =
+        std::fs::read(path).map_err(|e| SettingsError::invalid("JWT_JWKS_FILE", path, e.to_string()))?;
     let set: JwkSet = serde_json::from_slice(&text)
-        .map_err(|e| invalid("JWT_JWKS_FILE", path, format!("not a JWKS: {e}")))?;
+        .map_err(|e| SettingsError::invalid("JWT_JWKS_FILE", path, format!("not a JWKS: {e}")))?;
     let mut keys = HashMap::new();
     for jwk in set.keys.iter().filter(|k| matches!(k.algorithm, AlgorithmParameters::RSA(_))) {
         let kid = jwk
             .common
             .key_id
             .clone()
-            .ok_or_else(|| invalid("JWT_JWKS_FILE", path, "an RSA key has no kid"))?;
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|e| invalid("JWT_JWKS_FILE", path, format!("key {kid} is unusable: {e}")))?;
+            .ok_or_else(|| SettingsError::invalid("JWT_JWKS_FILE", path, "an RSA key has no kid"))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+            SettingsError::invalid("JWT_JWKS_FILE", path, format!("key {kid} is unusable: {e}"))
+        })?;
         keys.insert(kid, key);
     }
     if keys.is_empty() {
-        return Err(invalid("JWT_JWKS_FILE", path, "holds no RSA key"));
+        return Err(SettingsError::invalid("JWT_JWKS_FILE", path, "holds no RSA key"));
     }
     Ok(keys)
-}
-
-fn invalid(name: &str, value: &str, reason: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid { name: name.into(), value: value.into(), reason: reason.into() }
 }
 
 /// The bearer token of a request: the `Authorization` header, else `access_token`.

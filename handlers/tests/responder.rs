@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use common::{done_text, handler_env, has_final, header, llm_env, replies_of, HandlerProcess, Kafka};
 use platform::{
@@ -11,7 +11,10 @@ use platform::{
     topics,
 };
 use rdkafka::Message;
-use testkit::{LlamaServer, QdrantServer, Signal};
+use testkit::{
+    fake_llm::{FakeLlm, Mode},
+    LlamaServer, QdrantServer, Signal,
+};
 use uuid::Uuid;
 
 const RESPONDER: &str = env!("CARGO_BIN_EXE_responder");
@@ -259,35 +262,13 @@ async fn memory_being_down_degrades_to_answering_without_it() {
     assert!(done_text(seen, msg.message_id).is_some(), "answered without memory");
 }
 
-/// A scripted fake LLM (a real one cannot be made to fail on demand): every chat
-/// request gets HTTP 500.
-async fn failing_llm() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use axum::{http::StatusCode, routing::post, Router};
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = calls.clone();
-    let app = Router::new().route(
-        "/v1/chat/completions",
-        post(move || {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    r#"{"error":{"message":"scripted failure","type":"server_error","param":null,"code":null}}"#,
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/v1"), calls)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_llm_that_keeps_failing_gets_the_user_a_clear_error_and_a_dead_letter() {
     let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
-    let (llm, calls) = failing_llm().await;
-    let mut env = responder_env(&kafka, &qdrant.url(), &llm, 16);
+    // A scripted fake: a real LLM cannot be made to fail on demand.
+    let llm = FakeLlm::start().await.expect("fake LLM");
+    llm.set(Mode::Fail500);
+    let mut env = responder_env(&kafka, &qdrant.url(), llm.url(), 16);
     env.insert("HANDLER_MAX_ATTEMPTS".into(), "3".into());
     let responder = HandlerProcess::start("responder", RESPONDER, &env);
     let mut replies = kafka.watch(topics::MODEL_RESPONSES);
@@ -304,12 +285,7 @@ async fn an_llm_that_keeps_failing_gets_the_user_a_clear_error_and_a_dead_letter
         }
         other => panic!("expected an error event, got {other:?}"),
     }
-    assert_eq!(
-        calls.load(std::sync::atomic::Ordering::SeqCst),
-        3,
-        "retried up to HANDLER_MAX_ATTEMPTS: {}",
-        responder.process.log_tail()
-    );
+    assert_eq!(llm.calls(), 3, "retried up to HANDLER_MAX_ATTEMPTS: {}", responder.process.log_tail());
     let letters = dlq.until(MINUTE, |seen| !seen.is_empty()).await;
     assert_eq!(header(&letters[0], "dlq.attempts").as_deref(), Some("3"));
     assert!(

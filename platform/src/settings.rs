@@ -49,6 +49,13 @@ pub enum SettingsError {
     },
 }
 
+impl SettingsError {
+    /// `name` is set to `value`, which cannot be used because of `reason`.
+    pub fn invalid(name: &str, value: &str, reason: impl Into<String>) -> Self {
+        Self::Invalid { name: name.into(), value: value.into(), reason: reason.into() }
+    }
+}
+
 /// A snapshot of the environment to read settings from.
 #[derive(Clone, Default)]
 pub struct Env {

@@ -7,6 +7,8 @@
 //! exports their paths (`TANSU_BIN`, `LLAMA_SERVER_BIN`, …); without them a test fails
 //! with a message saying so instead of being skipped.
 
+pub mod fake_llm;
+
 use std::{
     fs::File,
     io::{Read, Write},

@@ -6,7 +6,6 @@
 //! The binaries are the workspace's own (`cargo build --workspace`, which ci/test.sh
 //! runs before the tests); the real dependencies come from the paths ci/test.sh exports.
 
-pub mod fake_llm;
 pub mod figures;
 pub mod stack;
 

@@ -8,7 +8,6 @@ use std::{
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use drills::{
-    fake_llm::FakeLlm,
     stack::{load, wait_for, JWT_SECRET},
     Figures, Stack,
 };
@@ -19,7 +18,7 @@ use platform::{
 };
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
-use testkit::LlamaServer;
+use testkit::{fake_llm::FakeLlm, LlamaServer};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,9 +280,5 @@ async fn call(
 
 /// The path of `program` on PATH.
 fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|dir| std::path::Path::new(dir).join(program))
-        .find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
 }

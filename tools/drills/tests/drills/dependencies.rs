@@ -4,12 +4,14 @@
 use std::time::{Duration, Instant};
 
 use drills::{
-    fake_llm::{FakeLlm, Mode},
     stack::{load, wait_for},
     Figures, Stack,
 };
 use platform::topics;
-use testkit::LlamaServer;
+use testkit::{
+    fake_llm::{FakeLlm, Mode},
+    LlamaServer,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_qdrant_down_answers_go_on_without_memory_and_memory_catches_up_after() {

@@ -50,23 +50,25 @@ async fn clients_that_never_read_or_hang_up_do_not_grow_the_gateways_memory() {
     let mut after_wave = Vec::new();
     for wave in 0..2 {
         let before = gateway.metric("gateway_relay_events_total").await.expect("metrics");
-        let sends = conversations.iter().flat_map(|(conversation, message)| {
-            let mut user_message = UserMessage::new(*conversation, "slow", "stream me a lot");
-            user_message.message_id = *message;
-            let attempt = Uuid::new_v4();
-            (0..EVENTS).map(move |seq| {
-                let delta = "x".repeat(DELTA);
-                ModelResponse::for_message(
-                    &user_message,
-                    attempt,
-                    ReplyBody::Token { seq: wave * EVENTS + seq, delta },
-                )
+        let events: Vec<ModelResponse> = conversations
+            .iter()
+            .flat_map(|(conversation, message)| {
+                let mut user_message = UserMessage::new(*conversation, "slow", "stream me a lot");
+                user_message.message_id = *message;
+                let attempt = Uuid::new_v4();
+                (0..EVENTS).map(move |seq| {
+                    let delta = "x".repeat(DELTA);
+                    ModelResponse::for_message(
+                        &user_message,
+                        attempt,
+                        ReplyBody::Token { seq: wave * EVENTS + seq, delta },
+                    )
+                })
             })
-        });
-        let sends: Vec<_> = sends.collect();
+            .collect();
         let trace = TraceParent::new_root();
         futures::future::join_all(
-            sends.iter().map(|event| publish(&producer, event, &trace, Duration::from_secs(30))),
+            events.iter().map(|event| publish(&producer, event, &trace, Duration::from_secs(30))),
         )
         .await
         .into_iter()
