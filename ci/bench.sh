@@ -2,6 +2,10 @@
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
 #   ci/bench.sh [gateway|handlers|pipeline|all]
+# Everything runs on tansu's SQLite engine (the stack's broker); gateway ingest and the
+# pipeline's latency run a second time on tansu's memory engine, a broker without
+# SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
+# from ours.
 # Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, BENCH_ONLY=delivery (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
 # BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs).
@@ -12,19 +16,39 @@ rustc_version=$(rustc --version | cut -d' ' -f2)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/cargo-target/rustc-$rustc_version}"
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler
 eval "$(ci/deps/tansu.sh ensure)"
+TANSU_ENGINE=memory ci/deps/tansu.sh ensure >/dev/null
 eval "$(ci/deps/llama.sh ensure)"
-eval "$(ci/deps/qdrant.sh ensure)"
+# A release build of the Qdrant engine server: a debug one would count its own slowness
+# as the responder's recall time.
+log "building qdrant-dev-server (release; a cold build takes ~15 min)"
+cargo build --locked --release -p qdrant-dev-server
+export QDRANT_DEV_SERVER_BIN="$CARGO_TARGET_DIR/release/qdrant-dev-server"
 # Each idle SSE stream is a socket in this process and one in the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+gateway() {
+  cargo bench --locked -p gateway --bench gateway
+  if [ "${BENCH_ONLY:-ingest}" = ingest ]; then
+    TANSU_ENGINE=memory BENCH_ONLY=ingest cargo bench --locked -p gateway --bench gateway
+  fi
+}
 # The pipeline benchmark runs the release gateway found next to the responder.
 pipeline() {
   cargo build --locked --release -p gateway --bin gateway
   cargo bench --locked -p handlers --bench pipeline
+  if [ "${BENCH_ONLY:-latency}" = latency ]; then
+    TANSU_ENGINE=memory BENCH_ONLY=latency cargo bench --locked -p handlers --bench pipeline
+  fi
 }
 case "${1:-all}" in
-  gateway) cargo bench --locked -p gateway --bench gateway ;;
+  gateway) gateway ;;
   handlers) cargo bench --locked -p handlers --bench handlers ;;
   pipeline) pipeline ;;
-  all) cargo bench --locked -p gateway --bench gateway && cargo bench --locked -p handlers --bench handlers && pipeline ;;
+  # One after another, not `a && b`: inside an && list bash ignores `set -e`, so a
+  # failing benchmark would not stop the function it runs in.
+  all)
+    gateway
+    cargo bench --locked -p handlers --bench handlers
+    pipeline
+    ;;
   *) die "usage: $0 [gateway|handlers|pipeline|all]" ;;
 esac

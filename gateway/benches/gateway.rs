@@ -1,4 +1,4 @@
-//! Gateway benchmark against a real broker (tansu, SQLite storage):
+//! Gateway benchmark against a real broker (tansu, SQLite storage unless TANSU_ENGINE says):
 //! 1. ingest: `POST /chat` accepted per second and latency percentiles at fixed
 //!    concurrency, next to a raw rdkafka producer (same acks, same concurrency);
 //! 2. fan-out: the gateway's RSS holding N idle SSE streams, one HTTP/1.1 connection
@@ -9,8 +9,10 @@
 //!    delivered per second, the gateway's CPU and RSS.
 //!
 //! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
-//! Knobs: BENCH_CONCURRENCY (64), BENCH_SECS (10), BENCH_STREAMS (10000),
-//! BENCH_ONLY=delivery (skip ingest and idle fan-out).
+//! Knobs: BENCH_CONCURRENCY (64,256: ingest runs at each), BENCH_SECS (10), BENCH_STREAMS (10000),
+//! KAFKA_LINGER_MS (the stack's default) for the gateway and the raw producer alike,
+//! BENCH_ONLY=ingest (only section 1) or delivery (only section 3);
+//! TANSU_ENGINE=memory (tansu's memory engine instead of SQLite, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,7 +28,7 @@ use std::{
 use common::*;
 use platform::{
     events::{ModelResponse, ReplyBody, UserMessage},
-    kafka::publish,
+    kafka::{publish, KafkaSettings},
     trace_context::TraceParent,
 };
 use serde_json::json;
@@ -88,6 +90,36 @@ where
     (ok, failed, latencies)
 }
 
+/// CPU seconds used so far by the gateway, the broker and this process (the load
+/// generator, or the raw producer): on two shared cores, who used them explains a rate.
+struct CpuUse {
+    gateway: f64,
+    broker: f64,
+    bench: f64,
+}
+
+impl CpuUse {
+    fn read(gateway: u32, broker: u32) -> Self {
+        Self { gateway: cpu_secs(gateway), broker: cpu_secs(broker), bench: cpu_secs(std::process::id()) }
+    }
+
+    /// Prints each process's share of one core since `before`, and CPU per record.
+    fn print_since(&self, before: &Self, secs: u64, records: usize) {
+        let share = |now: f64, then: f64| 100.0 * (now - then) / secs as f64;
+        let per_record = |now: f64, then: f64| 1e6 * (now - then) / records.max(1) as f64;
+        println!(
+            "{:<28} CPU (% of a core): gateway {:>5.1}  broker {:>5.1}  load generator {:>5.1}; \
+             per record: gateway {:>5.1} µs, broker {:>5.1} µs",
+            "",
+            share(self.gateway, before.gateway),
+            share(self.broker, before.broker),
+            share(self.bench, before.bench),
+            per_record(self.gateway, before.gateway),
+            per_record(self.broker, before.broker),
+        );
+    }
+}
+
 fn report(name: &str, secs: u64, (ok, failed, latencies): &(usize, usize, Vec<Duration>)) -> f64 {
     let rate = *ok as f64 / secs as f64;
     println!(
@@ -117,22 +149,49 @@ async fn open_stream(
 
 #[tokio::main]
 async fn main() {
-    let concurrency = env_or("BENCH_CONCURRENCY", 64);
+    let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
+        .unwrap_or_else(|_| "64,256".into())
+        .split(',')
+        .map(|c| c.trim().parse().expect("BENCH_CONCURRENCY: numbers separated by commas"))
+        .collect();
     let secs = env_or("BENCH_SECS", 10) as u64;
     let streams = env_or("BENCH_STREAMS", 10_000);
-    let kafka = Kafka::start().await;
-    let gateway = Gateway::start(&kafka, STREAMING_GATEWAY);
+    let mut kafka = Kafka::start().await;
+    // The producers' batching delay, the same for the gateway and the raw producer.
+    let linger = std::env::var("KAFKA_LINGER_MS").unwrap_or_else(|_| kafka.settings.linger_ms.to_string());
+    kafka.settings.linger_ms = linger.parse().expect("KAFKA_LINGER_MS: a number of milliseconds");
+    let gateway =
+        Gateway::start(&kafka, &[STREAMING_GATEWAY, &[("KAFKA_LINGER_MS", linger.as_str())]].concat());
     let pid = gateway.process.pid();
-    println!("gateway benchmark: concurrency {concurrency}, {secs} s per run, {streams} streams");
+    println!(
+        "gateway benchmark: tansu {} engine, concurrency {concurrencies:?}, linger {linger} ms, {secs} s per run, {streams} streams",
+        testkit::Broker::engine()
+    );
     println!("gateway idle RSS: {:.1} MB", rss_mb(pid));
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("client");
+    let most = concurrencies.iter().copied().max().unwrap_or(1);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(most).build().expect("client");
     let token = token("bench");
-    if std::env::var("BENCH_ONLY").as_deref() != Ok("delivery") {
-        ingest_and_fan_out(&kafka, &gateway, &client, &token, concurrency, secs, streams).await;
+    let only = std::env::var("BENCH_ONLY").ok();
+    if only.as_deref() != Some("delivery") {
+        for &concurrency in &concurrencies {
+            ingest(&kafka, &gateway, &client, &token, concurrency, secs).await;
+        }
+    }
+    if only.is_none() {
+        fan_out(&kafka, &gateway, &client, &token, streams).await;
+    }
+    if only.as_deref() == Some("ingest") {
+        return;
     }
 
-    // 5. Token delivery, on fresh gateways: 100 conversations (each a real accepted
-    //    message), 1k and then `streams` readers spread over them.
+    // 5. Token delivery, on a fresh broker and fresh gateways: 100 conversations (each a
+    //    real accepted message), 1k and then `streams` readers spread over them. The
+    //    ingest runs leave ~300 000 records in tansu's SQLite file, which slows its writes
+    //    enough to time them out and break it (docs/DEPENDENCIES.md).
+    drop(gateway);
+    drop(kafka);
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, STREAMING_GATEWAY);
     let mut messages = Vec::with_capacity(DELIVERY_CONVERSATIONS);
     for i in 0..DELIVERY_CONVERSATIONS {
         let (_, body) = post_chat(&client, &gateway, &token, json!({"text": format!("deliver {i}")})).await;
@@ -151,17 +210,16 @@ const DELIVERY_CONVERSATIONS: usize = 100;
 /// docs/DEPENDENCIES.md), so the fan-out per event is what scales the delivery rate.
 const DELIVERY_RATES: [usize; 3] = [100, 300, 1_000];
 
-/// Sections 1-4: ingest, idle fan-out and idle keep-alive connections.
-async fn ingest_and_fan_out(
+/// Sections 1-2: ingest through the gateway, then the same events through a raw producer.
+async fn ingest(
     kafka: &Kafka,
     gateway: &Gateway,
     client: &reqwest::Client,
     token: &str,
     concurrency: usize,
     secs: u64,
-    streams: usize,
 ) {
-    let pid = gateway.process.pid();
+    let (pid, broker) = (gateway.process.pid(), kafka.broker.pid());
 
     // 1. Ingest through the gateway.
     let url = gateway.url("/chat");
@@ -169,6 +227,7 @@ async fn ingest_and_fan_out(
         let (_, body) = post_chat(client, gateway, token, json!({"text": "warm-up"})).await;
         body["conversation_id"].as_str().expect("conversation").to_string()
     };
+    let before = CpuUse::read(pid, broker);
     let gateway_run = {
         let (client, url, token, conversation) =
             (client.clone(), url.clone(), token.to_string(), conversation.clone());
@@ -181,10 +240,12 @@ async fn ingest_and_fan_out(
         })
         .await
     };
-    let gateway_rate = report("POST /chat (gateway)", secs, &gateway_run);
+    let gateway_rate = report(&format!("POST /chat, {concurrency} clients"), secs, &gateway_run);
+    CpuUse::read(pid, broker).print_since(&before, secs, gateway_run.0);
 
     // 2. The broker alone: the same events through a raw producer, same concurrency.
     let producer = kafka.settings.producer().expect("producer");
+    let before = CpuUse::read(pid, broker);
     let raw_run = {
         let conversation: Uuid = conversation.parse().expect("uuid");
         drive(concurrency, secs, move || {
@@ -196,10 +257,75 @@ async fn ingest_and_fan_out(
         })
         .await
     };
-    let raw_rate = report("raw producer (acks=all)", secs, &raw_run);
-    println!("gateway / raw producer: {:.2}", gateway_rate / raw_rate.max(1.0));
+    let raw_rate = report(&format!("raw producer, {concurrency} in flight"), secs, &raw_run);
+    CpuUse::read(pid, broker).print_since(&before, secs, raw_run.0);
+    println!("gateway / raw producer at {concurrency}: {:.2}", gateway_rate / raw_rate.max(1.0));
+    ingest_with_wrk(gateway, broker, token, &conversation, concurrency, secs);
     println!("gateway RSS after ingest: {:.1} MB", rss_mb(pid));
+}
 
+/// Section 1 again, driven by `wrk` when it is installed (`apt-get install wrk`): a load
+/// generator written in C that leaves more of the two shared cores to the gateway than
+/// this process's HTTP client does, so the gateway's own ceiling shows.
+fn ingest_with_wrk(
+    gateway: &Gateway,
+    broker: u32,
+    token: &str,
+    conversation: &str,
+    concurrency: usize,
+    secs: u64,
+) {
+    let Some(wrk) = testkit::which("wrk") else {
+        println!("(wrk is not installed: no run driven by it)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("post.lua");
+    let body = json!({"conversation_id": conversation, "text": "How fast can you take this?"}).to_string();
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = {body:?}\n\
+             wrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+        ),
+    )
+    .expect("wrk script");
+    let before = CpuUse::read(gateway.process.pid(), broker);
+    let wrk_before = testkit::children_cpu_secs();
+    let output = std::process::Command::new(wrk)
+        .args(["-t1", &format!("-c{concurrency}"), &format!("-d{secs}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(gateway.url("/chat"))
+        .output()
+        .expect("wrk runs");
+    let wrk_cpu = testkit::children_cpu_secs() - wrk_before;
+    let after = CpuUse::read(gateway.process.pid(), broker);
+    let text = String::from_utf8_lossy(&output.stdout);
+    // wrk prints "Requests/sec: N", the latency distribution ("50% 1.23ms") and, only
+    // when there were any, "Non-2xx or 3xx responses: N".
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let requests: f64 = field("Requests/sec:").parse().unwrap_or(0.0);
+    let refused = text.lines().find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"));
+    println!(
+        "{:<28} {requests:>9.0}/s  refused {:>5}  p50 {:>9}  p99 {:>9}",
+        format!("wrk, {concurrency} connections"),
+        refused.map_or("0", str::trim),
+        field("50%"),
+        field("99%"),
+    );
+    let records = (requests * secs as f64) as usize;
+    after.print_since(&before, secs, records);
+    println!("{:<28} wrk itself: {:.1} % of a core", "", 100.0 * wrk_cpu / secs as f64);
+}
+
+/// Sections 3-4: idle fan-out and idle keep-alive connections, each on a fresh gateway.
+async fn fan_out(kafka: &Kafka, gateway: &Gateway, client: &reqwest::Client, token: &str, streams: usize) {
     // 3. Fan-out: idle SSE streams, each on a conversation of its own, on a fresh
     //    gateway (the conversations are started on the first one: their ids are valid
     //    on every replica), one HTTP/1.1 connection per stream, as browsers and
@@ -302,7 +428,10 @@ async fn delivery(kafka: &Kafka, token: &str, messages: &[UserMessage], streams:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!("token delivery, {streams} streams over {} conversations (HTTP/1.1):", messages.len());
-    let producer = kafka.settings.producer().expect("producer");
+    // Not idempotent, as against tansu everywhere in the stack: a write that times out
+    // would otherwise leave the broker broken for the rest of the run.
+    let producer =
+        KafkaSettings { idempotence: false, ..kafka.settings.clone() }.producer().expect("producer");
     let per_stream_fan_out = streams as f64 / messages.len() as f64;
     let mut seq = 0u32;
     for rate in DELIVERY_RATES {

@@ -19,8 +19,10 @@
 //!
 //! Real processes throughout: tansu, the Qdrant engine server, the release `gateway`
 //! and `responder` binaries. Run: `ci/bench.sh pipeline` (it builds the gateway next to
-//! the responder). Knobs: BENCH_MESSAGES (200), BENCH_LLM_MESSAGES (30), BENCH_BACKLOG (1000),
-//! BENCH_ONLY (footprint, latency, throughput or llm: run just that part).
+//! the responder, and runs the latency part again on tansu's memory engine). Knobs:
+//! BENCH_MESSAGES (200), BENCH_LLM_MESSAGES (30), BENCH_BACKLOG (1000), BENCH_ONLY
+//! (footprint, latency, throughput or llm: run just that part), TANSU_ENGINE (sqlite or
+//! memory, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -367,7 +369,8 @@ async fn main() {
     let kafka = Kafka::start(6).await;
     let qdrant = QdrantServer::start().expect("qdrant");
     println!(
-        "pipeline benchmark: {n} messages per instant-LLM run, {llm_n} with llama-server; one at a time"
+        "pipeline benchmark: tansu {} engine, {n} messages per instant-LLM run, {llm_n} with llama-server; one at a time",
+        testkit::Broker::engine()
     );
 
     let instant = instant_llm().await;
@@ -385,6 +388,15 @@ async fn main() {
             &qdrant,
             &instant,
             &[("MEMORY_TOP_K", "0"), ("KAFKA_FETCH_WAIT_MAX_MS", "500"), ("KAFKA_LINGER_MS", "5")],
+            n,
+        )
+        .await;
+        run(
+            "instant LLM, fetch 1 ms, linger 2 ms",
+            &kafka,
+            &qdrant,
+            &instant,
+            &[("MEMORY_TOP_K", "0"), ("KAFKA_FETCH_WAIT_MAX_MS", "1")],
             n,
         )
         .await;

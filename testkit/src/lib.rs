@@ -222,6 +222,21 @@ pub fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The path of `program` on PATH.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+/// CPU time (user + system) used so far by this process's children that have exited and
+/// been waited for, in seconds.
+pub fn children_cpu_secs() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    })
+}
+
 /// CPU time (user + system) process `pid` has used so far, in seconds (0 if unknown).
 /// Linux reports it in clock ticks, 100 per second on every platform Rust targets.
 pub fn cpu_secs(pid: u32) -> f64 {
@@ -266,7 +281,8 @@ fn run_listening(name: &str, script: &str, port: u16, dir: &Path, stop: Signal) 
     Ok(process)
 }
 
-/// A real Kafka-protocol broker (tansu with SQLite storage) on a free port.
+/// A real Kafka-protocol broker (tansu, SQLite storage unless `TANSU_ENGINE=memory`) on a
+/// free port.
 pub struct Broker {
     process: Option<Process>,
     port: u16,
@@ -292,6 +308,16 @@ impl Broker {
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap_servers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's process id (0 while it is stopped), for CPU and memory readings.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, Process::pid)
+    }
+
+    /// The storage engine `ci/deps/tansu.sh` runs: `sqlite` or `memory` (`TANSU_ENGINE`).
+    pub fn engine() -> String {
+        std::env::var("TANSU_ENGINE").unwrap_or_else(|_| "sqlite".into())
     }
 
     /// The last lines of the broker's log.

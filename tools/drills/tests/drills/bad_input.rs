@@ -18,7 +18,7 @@ use platform::{
 };
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
-use testkit::{fake_llm::FakeLlm, LlamaServer};
+use testkit::{fake_llm::FakeLlm, which, LlamaServer};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -276,9 +276,4 @@ async fn call(
     }
     let response = request.send().await.expect("an answer");
     (response.status().as_u16(), response.text().await.unwrap_or_default())
-}
-
-/// The path of `program` on PATH.
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
 }
