@@ -14,7 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 rustc_version=$(rustc --version | cut -d' ' -f2)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/cargo-target/rustc-$rustc_version}"
-apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler
+apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler wrk
 eval "$(ci/deps/tansu.sh ensure)"
 TANSU_ENGINE=memory ci/deps/tansu.sh ensure >/dev/null
 eval "$(ci/deps/llama.sh ensure)"

@@ -1,6 +1,7 @@
 //! Gateway benchmark against a real broker (tansu, SQLite storage unless TANSU_ENGINE says):
 //! 1. ingest: `POST /chat` accepted per second and latency percentiles at fixed
-//!    concurrency, next to a raw rdkafka producer (same acks, same concurrency);
+//!    concurrency, next to a raw rdkafka producer (same acks, same concurrency) and to
+//!    the same requests from `wrk` when it is installed, with the CPU each process used;
 //! 2. fan-out: the gateway's RSS holding N idle SSE streams, one HTTP/1.1 connection
 //!    each and multiplexed over HTTP/2, next to N idle plain keep-alive connections
 //!    (the per-connection cost that is not SSE's);
@@ -264,7 +265,7 @@ async fn ingest(
     println!("gateway RSS after ingest: {:.1} MB", rss_mb(pid));
 }
 
-/// Section 1 again, driven by `wrk` when it is installed (`apt-get install wrk`): a load
+/// Section 1 again, driven by `wrk` when it is installed (`ci/bench.sh` installs it): a load
 /// generator written in C that leaves more of the two shared cores to the gateway than
 /// this process's HTTP client does, so the gateway's own ceiling shows.
 fn ingest_with_wrk(
