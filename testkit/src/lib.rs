@@ -317,7 +317,7 @@ impl Broker {
 
     /// The storage engine `ci/deps/tansu.sh` runs: `sqlite` or `memory` (`TANSU_ENGINE`).
     pub fn engine() -> String {
-        std::env::var("TANSU_ENGINE").unwrap_or_else(|_| "sqlite".into())
+        std::env::var("TANSU_ENGINE").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "sqlite".into())
     }
 
     /// The last lines of the broker's log.

@@ -125,7 +125,20 @@ async fn a_broker_outage_gets_503s_never_a_lost_202_and_everything_recovers() {
     assert_eq!(c.unanswered, 0, "every accepted message is answered: {}", report.table());
     assert_eq!(c.answered, c.accepted, "answered, not errored: {}", report.table());
     assert_eq!(report.streams.duplicate_ends, 0, "each message ends once for its client");
-    assert_eq!(c.text_mismatches, 0, "no reply mixes two attempts");
+    assert_eq!(
+        c.text_mismatches,
+        0,
+        "no reply mixes two attempts: {}\ngateway warnings:\n{}\nresponder warnings:\n{}",
+        figures.line(),
+        warnings(&stack.gateways[0].process.log()),
+        warnings(&stack.responders.iter().map(|r| r.process.log()).collect::<String>()),
+    );
+}
+
+/// The warning and error lines of a log, at most 40: what the services saw of the outage.
+fn warnings(log: &str) -> String {
+    let lines = log.lines().filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""));
+    lines.take(40).collect::<Vec<_>>().join("\n")
 }
 
 /// Every 200 ms until told to stop, and without waiting for earlier answers: POSTs a

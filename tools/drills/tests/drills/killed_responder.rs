@@ -25,13 +25,16 @@ async fn a_responder_killed_mid_answer_again_and_again_loses_and_mixes_nothing()
     let mut replaced = Vec::new();
     for _ in 0..KILLS {
         tokio::time::sleep(Duration::from_secs(3)).await;
-        // Kill it mid-record, not between two.
-        let busy = wait_for("the responder is busy", Duration::from_secs(10), async || {
+        // Kill it mid-answer: a reply has its first token out but is not finished. (A
+        // record merely in flight may still be queued for the LLM, and its retry would
+        // look like a first attempt to the client.)
+        let busy = wait_for("the responder is mid-answer", Duration::from_secs(10), async || {
             let responder = stack.responders.last().expect("a responder");
-            responder.metric("handler_records_in_flight").await.is_ok_and(|n| n > 0.0)
+            let count = async |name: &str| responder.metric(&format!("{name}_count")).await.unwrap_or(0.0);
+            count("responder_llm_first_token_seconds").await > count("responder_llm_reply_seconds").await
         })
         .await;
-        busy.expect("records in flight");
+        busy.expect("an answer streaming");
         let victim = stack.responders.last_mut().expect("a responder");
         victim.process.signal(Signal::SIGKILL);
         let _ = victim.process.wait_exit(Duration::from_secs(5));
