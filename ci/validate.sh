@@ -16,7 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE_DIR/cargo-target/rustc-$rust
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
 
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev
-eval "$("$REPO_ROOT/ci/deps/validators.sh" ensure)"
+use_env "$REPO_ROOT/ci/deps/validators.sh" ensure
 
 # The cross-reference tests run `<binary> check-config` with the environment each
 # manifest gives it, so the three binaries must be built beside the test executables.

@@ -5,7 +5,7 @@
 #
 #   ci/deps/llama.sh ensure          build/extract/convert whatever is missing in the
 #                                    cache, then print `export ...` lines for eval:
-#                                      eval "$(ci/deps/llama.sh ensure)"
+#                                      use_env ci/deps/llama.sh ensure   (ci/lib.sh)
 #   ci/deps/llama.sh run-chat PORT   exec llama-server with the chat model (foreground)
 #   ci/deps/llama.sh run-embed PORT  exec llama-server with the embeddings model
 #                                    (both on 127.0.0.1 in the foreground; stop them

@@ -8,7 +8,7 @@
 #   ci/deps/validators.sh ensure   install whatever is missing into a venv in the
 #                                  cache (keyed by the versions below), then print
 #                                  `export PATH=...` for eval:
-#                                    eval "$(ci/deps/validators.sh ensure)"
+#                                    use_env ci/deps/validators.sh ensure   (ci/lib.sh)
 #
 # Only the tools are put on PATH (symlinks in a bin dir of their own), not the venv's
 # python or pip, so the rest of CI keeps the machine's Python.
