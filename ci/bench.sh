@@ -6,7 +6,7 @@
 # pipeline's latency run a second time on tansu's memory engine, a broker without
 # SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
 # from ours.
-# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, BENCH_ONLY=delivery (gateway/benches/gateway.rs);
+# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, KAFKA_LINGER_MS, BENCH_ONLY=ingest|delivery (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
 # BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs).
 set -euo pipefail

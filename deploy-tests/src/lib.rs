@@ -39,8 +39,7 @@ pub fn fixture(relative: &str) -> PathBuf {
 
 /// The full path of a validator on `PATH`, or an error that says how to get it.
 pub fn tool(name: &str) -> Result<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file()).ok_or_else(|| {
+    testkit::which(name).ok_or_else(|| {
         anyhow!(
             "`{name}` is not on PATH. The manifest tests need the validators from \
                  ci/deps/validators.sh: run `eval \"$(ci/deps/validators.sh ensure)\"` first \

@@ -324,11 +324,7 @@ fn ingest_with_wrk(
     };
     // "Requests/sec" counts every answer; only the 202s were accepted.
     let requests: f64 = field("Requests/sec:").parse().unwrap_or(0.0);
-    let refused: f64 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    let refused: f64 = field("Non-2xx or 3xx responses:").parse().unwrap_or(0.0);
     let accepted = requests - refused / secs as f64;
     println!(
         "{:<28} {accepted:>9.0}/s  refused {refused:>5}  p50 {:>9}  p99 {:>9}  {}",

@@ -338,7 +338,6 @@ async fn client_text(url: &str) -> String {
     reqwest::get(url).await.expect("metrics").text().await.expect("metrics body")
 }
 
-/// Mean of a Prometheus histogram (`_sum` / `_count` over all its series), in ms.
 /// Where the time went, from the processes' own histograms (means over the run, warm-up
 /// included): the rest of "first token" is Kafka hops and HTTP.
 async fn print_breakdown(responder_port: u16, gateway_port: u16) {
@@ -358,6 +357,7 @@ async fn print_breakdown(responder_port: u16, gateway_port: u16) {
     );
 }
 
+/// Mean of a Prometheus histogram (`_sum` / `_count` over all its series), in ms.
 fn mean_ms(metrics: &str, name: &str) -> f64 {
     1e3 * metric_total(metrics, &format!("{name}_sum"))
         / metric_total(metrics, &format!("{name}_count")).max(1.0)

@@ -222,6 +222,12 @@ pub fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The first `n` lines of `log` that carry a warning, an error or a panic.
+pub fn problem_lines(log: &str, n: usize) -> String {
+    let problems = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panic"));
+    problems.take(n).collect::<Vec<_>>().join("\n")
+}
+
 /// The path of `program` on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(program)).find(|p| p.is_file())
@@ -328,10 +334,7 @@ impl Broker {
     /// The first `n` warnings, errors and panics in the log of the broker process running
     /// now: what went wrong first.
     pub fn first_problems(&self, n: usize) -> String {
-        let log = self.process.as_ref().map(Process::log).unwrap_or_default();
-        let problems =
-            log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panic"));
-        problems.take(n).collect::<Vec<_>>().join("\n")
+        problem_lines(&self.process.as_ref().map(Process::log).unwrap_or_default(), n)
     }
 
     /// Stops the broker with SIGINT (a clean shutdown) and keeps its storage.

@@ -130,15 +130,9 @@ async fn a_broker_outage_gets_503s_never_a_lost_202_and_everything_recovers() {
         0,
         "no reply mixes two attempts: {}\ngateway warnings:\n{}\nresponder warnings:\n{}",
         figures.line(),
-        warnings(&stack.gateways[0].process.log()),
-        warnings(&stack.responders.iter().map(|r| r.process.log()).collect::<String>()),
+        testkit::problem_lines(&stack.gateways[0].process.log(), 40),
+        testkit::problem_lines(&stack.responders.iter().map(|r| r.process.log()).collect::<String>(), 40),
     );
-}
-
-/// The warning and error lines of a log, at most 40: what the services saw of the outage.
-fn warnings(log: &str) -> String {
-    let lines = log.lines().filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""));
-    lines.take(40).collect::<Vec<_>>().join("\n")
 }
 
 /// Every 200 ms until told to stop, and without waiting for earlier answers: POSTs a
