@@ -1,0 +1,13 @@
+//! The gateway's HTTP API against a real broker: accepted messages, streams, resume,
+//! ownership, bad input, rate limits, broker outages and shutdown.
+
+mod auth;
+mod bad_input;
+mod chat;
+#[path = "../common/mod.rs"]
+mod common;
+mod helpers;
+mod openapi;
+mod outage;
+mod shutdown;
+mod stream;

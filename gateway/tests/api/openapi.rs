@@ -1,0 +1,57 @@
+//! `/openapi.json` documents exactly the routes served and every error code.
+
+use crate::common::{Gateway, Kafka};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_matches_the_routes_served() {
+    let kafka = Kafka::start().await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let client = reqwest::Client::new();
+    let response = client.get(gateway.url("/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let doc: serde_json::Value = response.json().await.expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    let served = [
+        ("/chat", "post"),
+        ("/stream", "get"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/", "get"),
+        ("/v1/chat/completions", "post"),
+    ];
+    assert_eq!(paths.len(), served.len(), "documented paths: {:?}", paths.keys().collect::<Vec<_>>());
+    for (path, method) in served {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} is not documented");
+        // And the router serves it (unauthenticated calls get 401, not 404/405).
+        let status = client
+            .request(method.to_uppercase().parse().unwrap(), gateway.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status != 404 && status != 405, "{method} {path} answered {status}");
+    }
+    let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .expect("error codes")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    for code in [
+        "malformed_json",
+        "invalid_body",
+        "empty_text",
+        "text_too_long",
+        "body_too_large",
+        "unauthorized",
+        "unknown_conversation",
+        "rate_limited",
+        "unavailable",
+    ] {
+        assert!(codes.contains(&code), "error code {code} is not documented");
+    }
+}
