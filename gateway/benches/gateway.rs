@@ -33,7 +33,7 @@ use platform::{
     trace_context::TraceParent,
 };
 use serde_json::json;
-use testkit::{cpu_secs, metric_total, rss_mb};
+use testkit::{cpu_secs, kafka::Kafka, metric_total, rss_mb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -157,7 +157,7 @@ async fn main() {
         .collect();
     let secs = env_or("BENCH_SECS", 10) as u64;
     let streams = env_or("BENCH_STREAMS", 10_000);
-    let mut kafka = Kafka::start().await;
+    let mut kafka = Kafka::start(2).await;
     // The producers' batching delay, the same for the gateway and the raw producer.
     let linger = std::env::var("KAFKA_LINGER_MS").unwrap_or_else(|_| kafka.settings.linger_ms.to_string());
     kafka.settings.linger_ms = linger.parse().expect("KAFKA_LINGER_MS: a number of milliseconds");
@@ -196,7 +196,7 @@ async fn main() {
     let (kafka, gateway) = if only.is_none() {
         drop(gateway);
         drop(kafka);
-        let kafka = Kafka::start().await;
+        let kafka = Kafka::start(2).await;
         let gateway = Gateway::start(&kafka, STREAMING_GATEWAY);
         (kafka, gateway)
     } else {

@@ -10,7 +10,7 @@ use common::*;
 use fantoccini::{ClientBuilder, Locator};
 use platform::events::ReplyBody;
 use serde_json::json;
-use testkit::{free_port, port_open, require_env, Process, Signal};
+use testkit::{free_port, kafka::Kafka, port_open, require_env, Process, Signal};
 use uuid::Uuid;
 
 /// Polls `script` (a JavaScript function body that returns a string) until it returns `expected`.
@@ -35,7 +35,7 @@ async fn wait_for_text(client: &fantoccini::Client, script: &str, expected: &str
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chat_page_renders_a_streamed_reply_token_by_token() {
     require_env(&["CHROMEDRIVER", "CHROMIUM"]).expect("browser");
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[("AUTH", "disabled")]);
 
     let driver_port = free_port().expect("port");

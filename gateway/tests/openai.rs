@@ -15,6 +15,7 @@ use async_openai::{
 use common::*;
 use futures::StreamExt;
 use platform::events::UserMessage;
+use testkit::kafka::Kafka;
 use uuid::Uuid;
 
 fn client(gateway: &Gateway, user: &str) -> Client<OpenAIConfig> {
@@ -43,7 +44,7 @@ async fn respond(kafka: &Kafka, group: &str, words: &[&str]) -> UserMessage {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_openai_client_gets_a_complete_answer() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let openai = client(&gateway, "alice");
     let pending = tokio::spawn(async move { openai.chat().create(request(false)).await });
@@ -59,7 +60,7 @@ async fn an_openai_client_gets_a_complete_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_openai_client_streams_the_answer() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let openai = client(&gateway, "alice");
     let mut stream = openai.chat().create_stream(request(true)).await.expect("stream opens");
@@ -86,7 +87,7 @@ async fn an_openai_client_streams_the_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_facade_refuses_requests_it_cannot_answer() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let http = reqwest::Client::new();
     let post = |body: serde_json::Value, token: Option<String>| {

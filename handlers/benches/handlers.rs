@@ -17,9 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{handler_env, llm_env, HandlerProcess, Kafka};
+use common::{handler_env, llm_env, HandlerProcess};
 use platform::{events::UserMessage, topics};
-use testkit::{metric_total, LlamaServer, QdrantServer};
+use testkit::{kafka::Kafka, metric_total, LlamaServer, QdrantServer};
 use uuid::Uuid;
 
 const MEMORY: &str = env!("CARGO_BIN_EXE_memory");

@@ -34,12 +34,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{handler_env, llm_env, HandlerProcess, Kafka};
+use common::{handler_env, llm_env, HandlerProcess};
 use futures::StreamExt;
 use handlers::responder::prompt::DEFAULT_SYSTEM_PROMPT;
 use platform::{events::UserMessage, topics};
 use serde_json::json;
-use testkit::{free_port, http_status, metric_total, rss_mb, LlamaServer, Process, QdrantServer, Signal};
+use testkit::{
+    free_port, http_status, kafka::Kafka, metric_total, rss_mb, LlamaServer, Process, QdrantServer, Signal,
+};
 
 const RESPONDER: &str = env!("CARGO_BIN_EXE_responder");
 const MEMORY: &str = env!("CARGO_BIN_EXE_memory");

@@ -13,13 +13,13 @@ use axum::{
     routing::{get, post},
     Router,
 };
-use common::{handler_env, Kafka};
+use common::handler_env;
 use platform::{
     events::{memory_point_id, Role, UserMessage},
     topics,
 };
 use serde_json::{json, Value};
-use testkit::QdrantServer;
+use testkit::{kafka::Kafka, QdrantServer};
 use tokio::sync::{mpsc, Mutex};
 use uuid::Uuid;
 

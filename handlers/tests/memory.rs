@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{handler_env, header, memories_of, HandlerProcess, Kafka};
+use common::{handler_env, memories_of, HandlerProcess};
 use platform::{
     events::{memory_point_id, ModelResponse, ReplyBody, Role, UserMessage},
     topics,
@@ -15,7 +15,11 @@ use qdrant_client::{
     Qdrant,
 };
 use rdkafka::Message;
-use testkit::{http_status, QdrantServer};
+use testkit::{
+    http_status,
+    kafka::{header, Kafka},
+    QdrantServer,
+};
 use uuid::Uuid;
 
 const MEMORY: &str = env!("CARGO_BIN_EXE_memory");

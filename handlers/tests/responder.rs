@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{done_text, handler_env, has_final, header, llm_env, replies_of, HandlerProcess, Kafka};
+use common::{done_text, handler_env, has_final, llm_env, replies_of, HandlerProcess};
 use platform::{
     events::{ReplyBody, UserMessage},
     topics,
@@ -13,6 +13,7 @@ use platform::{
 use rdkafka::Message;
 use testkit::{
     fake_llm::{FakeLlm, Mode},
+    kafka::{header, Kafka},
     LlamaServer, QdrantServer, Signal,
 };
 use uuid::Uuid;

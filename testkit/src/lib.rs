@@ -5,9 +5,11 @@
 //! port and a temporary directory, is waited on with a bounded health check, and is
 //! stopped when its handle is dropped. The binaries are built by `ci/test.sh`, which
 //! exports their paths (`TANSU_BIN`, `LLAMA_SERVER_BIN`, …); without them a test fails
-//! with a message saying so instead of being skipped.
+//! with a message saying so instead of being skipped. [`kafka`] is what the tests do on
+//! the broker: publish events, read a topic until a condition holds, measure lag.
 
 pub mod fake_llm;
+pub mod kafka;
 
 use std::{
     fs::File,

@@ -2,13 +2,14 @@
 //! key and against the JWKS key their `kid` names.
 
 use serde_json::json;
+use testkit::kafka::Kafka;
 use uuid::Uuid;
 
-use crate::common::{post_chat, token, Gateway, Kafka};
+use crate::common::{post_chat, token, Gateway};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn other_users_get_404_and_see_nothing() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let (_, body) = post_chat(&client, &gateway, &token("alice"), json!({"text": "secret plans"})).await;
@@ -66,7 +67,7 @@ fn rs256_token(private: &str, kid: Option<&str>, user: &str) -> String {
 async fn rs256_tokens_are_checked_against_the_public_key() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (private, public) = rsa_key_pair(dir.path(), "key");
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[("JWT_ALGORITHM", "rs256"), ("JWT_PUBLIC_KEY_FILE", &public)]);
     let signed = rs256_token(&private, None, "carol");
     let client = reqwest::Client::new();
@@ -97,7 +98,7 @@ async fn rs256_tokens_are_checked_against_the_jwks_key_their_kid_names() {
     std::fs::write(&jwks, json!({"keys": [jwk(&old_key, "2025"), ec, jwk(&new_key, "2026")]}).to_string())
         .expect("jwks");
 
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway =
         Gateway::start(&kafka, &[("JWT_ALGORITHM", "rs256"), ("JWT_JWKS_FILE", jwks.to_str().unwrap())]);
     let client = reqwest::Client::new();

@@ -3,15 +3,16 @@
 use std::time::Duration;
 
 use serde_json::json;
+use testkit::kafka::Kafka;
 
 use crate::{
-    common::{token, token_with, Gateway, Kafka, JWT_SECRET},
+    common::{token, token_with, Gateway, JWT_SECRET},
     helpers::stored_messages,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[("MAX_MESSAGE_BYTES", "100")]);
     let client = reqwest::Client::new();
     let alice = token("alice");
@@ -112,7 +113,7 @@ async fn bad_input_gets_a_4xx_that_says_what_is_wrong() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_whose_body_never_arrives_times_out_with_408() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[("REQUEST_TIMEOUT_SECS", "1")]);
     let address = gateway.base.trim_start_matches("http://").to_string();
     let mut socket = tokio::net::TcpStream::connect(&address).await.expect("connect");

@@ -6,16 +6,19 @@ use std::{collections::BTreeSet, time::Duration};
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde_json::json;
+use testkit::kafka::Kafka;
 use uuid::Uuid;
 
 use crate::{
-    common::{accepted_message, next_event, open_stream, post_chat, reply_bodies, token, Gateway, Kafka},
+    common::{
+        accepted_message, next_event, open_stream, post_chat, reply_bodies, token, FakeResponder, Gateway,
+    },
     helpers::stored_messages,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_is_stored_then_its_reply_streams_token_by_token() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let alice = token("alice");
@@ -66,7 +69,7 @@ async fn a_message_is_stored_then_its_reply_streams_token_by_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_request_with_the_same_idempotency_key_publishes_once() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let alice = token("alice");
@@ -89,7 +92,7 @@ async fn a_retried_request_with_the_same_idempotency_key_publishes_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn too_many_messages_get_429_with_retry_after() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "6"), ("RATE_LIMIT_BURST", "3")]);
     let client = reqwest::Client::new();
     let alice = token("alice");
@@ -116,7 +119,7 @@ async fn too_many_messages_get_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn post_chat_with_stream_true_answers_with_that_messages_reply_over_http2_too() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let alice = token("alice");
     // Cleartext HTTP/2 (prior knowledge), as a proxy that multiplexes streams sends it;

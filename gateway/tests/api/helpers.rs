@@ -7,9 +7,8 @@ use rdkafka::{
     consumer::{Consumer, StreamConsumer},
     Message,
 };
+use testkit::kafka::Kafka;
 use uuid::Uuid;
-
-use crate::common::Kafka;
 
 /// Reads every user message currently in `user_messages` (new group, from the start).
 pub async fn stored_messages(kafka: &Kafka, expect: usize) -> Vec<UserMessage> {

@@ -1,10 +1,12 @@
 //! `/openapi.json` documents exactly the routes served and every error code.
 
-use crate::common::{Gateway, Kafka};
+use testkit::kafka::Kafka;
+
+use crate::common::Gateway;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_openapi_document_matches_the_routes_served() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let response = client.get(gateway.url("/openapi.json")).send().await.unwrap();

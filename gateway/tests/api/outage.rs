@@ -3,15 +3,16 @@
 use std::time::Duration;
 
 use serde_json::json;
+use testkit::kafka::Kafka;
 
 use crate::{
-    common::{post_chat, token, Gateway, Kafka},
+    common::{post_chat, token, Gateway},
     helpers::stored_messages,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_broker_outage_gives_503_never_202_and_recovers() {
-    let mut kafka = Kafka::start().await;
+    let mut kafka = Kafka::start(2).await;
     // Retries below would exhaust the default per-user budget.
     let gateway = Gateway::start(&kafka, &[("RATE_LIMIT_PER_MINUTE", "0"), ("KAFKA_IDEMPOTENCE", "false")]);
     let client = reqwest::Client::new();

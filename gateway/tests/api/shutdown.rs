@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use testkit::Signal;
+use testkit::{kafka::Kafka, Signal};
 
-use crate::common::{next_event, open_stream, post_chat, token, Gateway, Kafka};
+use crate::common::{next_event, open_stream, post_chat, token, Gateway};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_open_streams_with_a_final_event_and_exits_cleanly() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let mut gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let alice = token("alice");

@@ -2,15 +2,16 @@
 //! did not take the message, and a redelivered message that never mixes two attempts.
 
 use serde_json::json;
+use testkit::kafka::Kafka;
 use uuid::Uuid;
 
 use crate::common::{
-    accepted_message, next_event, open_stream, post_chat, reply_bodies, token, Gateway, Kafka,
+    accepted_message, next_event, open_stream, post_chat, reply_bodies, token, FakeResponder, Gateway,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn last_event_id_resumes_without_gaps_or_repeats() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let alice = token("alice");
@@ -45,7 +46,7 @@ async fn last_event_id_resumes_without_gaps_or_repeats() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_works_on_a_replica_that_did_not_take_the_message() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let a = Gateway::start(&kafka, &[]);
     let b = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
@@ -64,7 +65,7 @@ async fn a_stream_works_on_a_replica_that_did_not_take_the_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redelivered_message_never_mixes_two_attempts() {
-    let kafka = Kafka::start().await;
+    let kafka = Kafka::start(2).await;
     let gateway = Gateway::start(&kafka, &[]);
     let client = reqwest::Client::new();
     let alice = token("alice");

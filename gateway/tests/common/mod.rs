@@ -1,4 +1,4 @@
-//! A real broker and real gateway processes for the gateway's integration tests.
+//! Real gateway processes, on a broker from `testkit::kafka`, for the gateway's tests.
 //! The responder is played by the test: it writes reply events to `model_responses`
 //! itself, through the same `platform` code the real responder uses.
 #![allow(dead_code)] // each test file (and the benchmark) uses a different part
@@ -11,57 +11,33 @@ use std::{
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use jsonwebtoken::{encode, EncodingKey, Header};
-use platform::{
-    bootstrap::{self, Plan},
-    events::{decode, ModelResponse, ReplyBody, UserMessage},
-    kafka::{publish, KafkaSettings},
-    topics,
-    trace_context::TraceParent,
-};
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    Message,
-};
+use platform::events::{ModelResponse, ReplyBody, UserMessage};
 use serde_json::json;
-use testkit::{free_port, http_status, Broker, Process, Signal};
+use testkit::{free_port, http_status, kafka::Kafka, Process, Signal};
 use uuid::Uuid;
 
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
 pub const CONVERSATION_KEY: &str = "conversation-key-conversation-key-0123456789";
 
-/// A broker with the stack's topics (2 partitions each, to keep tests quick).
-pub struct Kafka {
-    pub broker: Broker,
-    pub settings: KafkaSettings,
+/// The responder's side, played by the test on the broker ([`testkit::kafka`]).
+pub trait FakeResponder {
+    /// The first message in `user_messages`, read in a fresh consumer group (fails
+    /// after 20 s).
+    async fn first_user_message(&self, group: &str) -> UserMessage;
+
+    /// Writes `bodies` as reply events of `message` to `model_responses`, in order.
+    async fn reply(&self, message: &UserMessage, attempt: Uuid, bodies: Vec<ReplyBody>);
 }
 
-impl Kafka {
-    pub async fn start() -> Self {
-        let broker = Broker::start().expect("start tansu");
-        let settings = KafkaSettings::plaintext(broker.bootstrap_servers());
-        bootstrap::run(&settings, &Plan::stack(2, 1), Duration::from_secs(30)).await.expect("bootstrap");
-        Self { broker, settings }
+impl FakeResponder for Kafka {
+    async fn first_user_message(&self, group: &str) -> UserMessage {
+        self.first(group).await
     }
 
-    /// Plays the responder's input side: the first message in `user_messages`, read in
-    /// a fresh consumer group (fails after 20 s).
-    pub async fn first_user_message(&self, group: &str) -> UserMessage {
-        let consumer: StreamConsumer = self.settings.stream_consumer(group).expect("consumer");
-        consumer.subscribe(&[topics::USER_MESSAGES]).expect("subscribe");
-        let record = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
-            .await
-            .expect("a user message within 20 s")
-            .expect("record");
-        decode(record.payload().expect("payload")).expect("a user message")
-    }
-
-    /// Plays the responder: writes `events` for `message` to `model_responses`.
-    pub async fn reply(&self, message: &UserMessage, attempt: Uuid, bodies: Vec<ReplyBody>) {
-        let producer = self.settings.producer().expect("producer");
-        for body in bodies {
-            let event = ModelResponse::for_message(message, attempt, body);
-            publish(&producer, &event, &TraceParent::new_root(), Duration::from_secs(10)).await.expect("ack");
-        }
+    async fn reply(&self, message: &UserMessage, attempt: Uuid, bodies: Vec<ReplyBody>) {
+        let events: Vec<ModelResponse> =
+            bodies.into_iter().map(|body| ModelResponse::for_message(message, attempt, body)).collect();
+        self.send_in_order(&events).await;
     }
 }
 

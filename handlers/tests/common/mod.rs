@@ -1,160 +1,14 @@
-//! Real processes for the handlers' integration tests: a tansu broker with the stack's
-//! topics, the Qdrant engine server, llama-server with SmolLM2, and the `responder` /
-//! `memory` binaries themselves.
+//! The handlers' side of their integration tests: the `responder` / `memory` binaries as
+//! real processes with their environment, and what a test reads out of the records it
+//! watched. The broker and its reading and writing are `testkit::kafka`'s.
 #![allow(dead_code)] // each test file uses a different part
 
-use std::{
-    collections::HashMap,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, process::Command, time::Duration};
 
-use platform::{
-    bootstrap::{self, Plan},
-    events::{decode, encode, Event, MemoryEvent, ModelResponse, ReplyBody},
-    kafka::{publish, KafkaSettings},
-    lag::{self, OffsetResetPolicy},
-    trace_context::TraceParent,
-};
-use rdkafka::{
-    consumer::{Consumer, StreamConsumer},
-    message::{Headers, OwnedMessage},
-    producer::FutureRecord,
-    Message,
-};
-use testkit::{free_port, http_status, Broker, Process, Signal};
+use platform::events::{decode, MemoryEvent, ModelResponse, ReplyBody};
+use rdkafka::{message::OwnedMessage, Message};
+use testkit::{free_port, http_status, kafka::Kafka, Process, Signal};
 use uuid::Uuid;
-
-/// A broker with the stack's topics and initialised handler groups.
-pub struct Kafka {
-    pub broker: Broker,
-    pub settings: KafkaSettings,
-}
-
-impl Kafka {
-    /// `partitions` per topic.
-    pub async fn start(partitions: i32) -> Self {
-        let broker = Broker::start().expect("start tansu");
-        let settings = KafkaSettings::plaintext(broker.bootstrap_servers());
-        bootstrap::run(&settings, &Plan::stack(partitions, 1), Duration::from_secs(30))
-            .await
-            .expect("bootstrap");
-        Self { broker, settings }
-    }
-
-    /// Publishes an event (acknowledged) with a fresh trace; returns the trace.
-    pub async fn send<E: Event>(&self, event: &E) -> TraceParent {
-        let trace = TraceParent::new_root();
-        let producer = self.settings.producer().expect("producer");
-        publish(&producer, event, &trace, Duration::from_secs(10)).await.expect("acknowledged");
-        trace
-    }
-
-    /// Publishes many events through one producer, all in flight at once.
-    pub async fn send_all<E: Event>(&self, events: &[E]) {
-        let producer = self.settings.producer().expect("producer");
-        let trace = TraceParent::new_root();
-        let sends = events.iter().map(|e| publish(&producer, e, &trace, Duration::from_secs(30)));
-        for result in futures::future::join_all(sends).await {
-            result.expect("acknowledged");
-        }
-    }
-
-    /// Publishes an event to an explicit partition.
-    pub async fn send_to<E: Event>(&self, event: &E, partition: i32) {
-        let producer = self.settings.producer().expect("producer");
-        let (key, payload) = (event.key(), encode(event));
-        let record = FutureRecord::to(E::TOPIC).key(&key).payload(&payload).partition(partition);
-        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("acknowledged");
-    }
-
-    /// Publishes raw bytes to `topic`.
-    pub async fn send_raw(&self, topic: &str, key: &str, payload: &[u8]) {
-        let producer = self.settings.producer().expect("producer");
-        let record = FutureRecord::to(topic).key(key).payload(payload);
-        producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("acknowledged");
-    }
-
-    /// Reads `topic` from the beginning (a fresh group per watcher).
-    pub fn watch(&self, topic: &str) -> Watcher {
-        let consumer: StreamConsumer =
-            self.settings.stream_consumer(&format!("test-watch-{}", Uuid::new_v4())).expect("consumer");
-        consumer.subscribe(&[topic]).expect("subscribe");
-        Watcher { consumer, seen: Vec::new() }
-    }
-
-    /// The group's total lag as KEDA computes it.
-    pub async fn lag(&self, group: &'static str, topics: &'static [&'static str]) -> i64 {
-        let client = self.settings.base_consumer(group).expect("client");
-        tokio::task::spawn_blocking(move || {
-            lag::group_lag(&client, topics, OffsetResetPolicy::Earliest, Duration::from_secs(5))
-                .map(|l| lag::total(&l))
-        })
-        .await
-        .expect("lag task")
-        .expect("lag")
-    }
-
-    /// Waits until the group's lag is 0 (fails after `timeout`).
-    pub async fn wait_lag_zero(
-        &self,
-        group: &'static str,
-        topics: &'static [&'static str],
-        timeout: Duration,
-    ) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let lag = self.lag(group, topics).await;
-            if lag == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "group {group} still has lag {lag} after {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-/// Everything read from one topic so far.
-pub struct Watcher {
-    consumer: StreamConsumer,
-    pub seen: Vec<OwnedMessage>,
-}
-
-impl Watcher {
-    /// Reads until `done(seen)` holds; fails after `timeout` with what was seen.
-    pub async fn until(
-        &mut self,
-        timeout: Duration,
-        done: impl Fn(&[OwnedMessage]) -> bool,
-    ) -> &[OwnedMessage] {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !done(&self.seen) {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => self.seen.push(m.detach()),
-                Ok(Err(e)) => panic!("consumer error: {e}"),
-                Err(_) => panic!(
-                    "condition not met within {timeout:?}; saw {} records: {:#?}",
-                    self.seen.len(),
-                    self.seen.iter().map(payload_text).collect::<Vec<_>>()
-                ),
-            }
-        }
-        &self.seen
-    }
-
-    /// Reads whatever arrives within `window`.
-    pub async fn drain(&mut self, window: Duration) -> &[OwnedMessage] {
-        let deadline = tokio::time::Instant::now() + window;
-        while let Ok(Ok(m)) = tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-            self.seen.push(m.detach());
-        }
-        &self.seen
-    }
-}
-
-pub fn payload_text(m: &OwnedMessage) -> String {
-    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned()
-}
 
 /// Reply events of `message_id`, in order.
 pub fn replies_of(seen: &[OwnedMessage], message_id: Uuid) -> Vec<ModelResponse> {
@@ -183,16 +37,6 @@ pub fn memories_of(seen: &[OwnedMessage], message_id: Uuid) -> Vec<MemoryEvent> 
         .filter_map(|m| decode::<MemoryEvent>(m.payload()?).ok())
         .filter(|e| e.message_id == message_id)
         .collect()
-}
-
-/// A header's value as text.
-pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
-    let headers = m.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// A handler binary (`responder` or `memory`) running `run`.
