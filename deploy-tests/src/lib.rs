@@ -18,14 +18,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-
-/// The repository's root directory.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
+use testkit::repo_root;
 
 /// A path inside the repository.
 pub fn repo_path(relative: &str) -> PathBuf {
