@@ -6,6 +6,9 @@
 //! read ([`settings`]), how logs are written ([`telemetry`]) and how a trace crosses
 //! Kafka ([`trace_context`]). [`bootstrap`] prepares a broker for the stack and [`lag`]
 //! measures consumer lag the way KEDA does.
+//!
+//! Small pieces every binary would otherwise repeat: [`sync`] locks shared state that
+//! must outlive a panicking holder.
 
 pub mod bootstrap;
 pub mod events;
@@ -13,6 +16,7 @@ pub mod kafka;
 pub mod lag;
 pub mod llm;
 pub mod settings;
+pub mod sync;
 pub mod telemetry;
 pub mod topics;
 pub mod trace_context;
