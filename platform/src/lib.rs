@@ -7,8 +7,8 @@
 //! Kafka ([`trace_context`]). [`bootstrap`] prepares a broker for the stack and [`lag`]
 //! measures consumer lag the way KEDA does.
 //!
-//! Small pieces every binary would otherwise repeat: [`sync`] locks shared state that
-//! must outlive a panicking holder.
+//! Small pieces every binary would otherwise repeat: [`shutdown`] waits for SIGTERM or
+//! Ctrl-C, [`sync`] locks shared state that must outlive a panicking holder.
 
 pub mod bootstrap;
 pub mod events;
@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod lag;
 pub mod llm;
 pub mod settings;
+pub mod shutdown;
 pub mod sync;
 pub mod telemetry;
 pub mod topics;
