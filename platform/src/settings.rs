@@ -4,8 +4,9 @@
 //! [`SettingsError`] that names the variable and says what is expected, so that a pod
 //! that cannot start says why in its first log line. Secrets become
 //! [`secrecy::SecretString`]: their values never appear in `Debug` output or errors.
+//! [`exit_code`] turns such an error into exit status 2.
 
-use std::{collections::HashMap, fmt::Display, path::PathBuf, str::FromStr};
+use std::{collections::HashMap, fmt::Display, path::PathBuf, process::ExitCode, str::FromStr};
 
 use secrecy::SecretString;
 
@@ -53,6 +54,31 @@ impl SettingsError {
     /// `name` is set to `value`, which cannot be used because of `reason`.
     pub fn invalid(name: &str, value: &str, reason: impl Into<String>) -> Self {
         Self::Invalid { name: name.into(), value: value.into(), reason: reason.into() }
+    }
+}
+
+/// Whether `err` is a configuration error: a [`SettingsError`] anywhere in its chain.
+pub fn is_config_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<SettingsError>())
+}
+
+/// How the binary `binary` exits after `result`: 0 on success; 2 for a configuration
+/// error, because restarting with the same environment cannot help and the operator
+/// must fix it; 1 otherwise. A failure is logged and printed to stderr as
+/// `binary: error`.
+pub fn exit_code(binary: &str, result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_config_error(&err) => {
+            tracing::error!(error = format!("{err:#}"), "configuration error");
+            eprintln!("{binary}: {err:#}");
+            ExitCode::from(2)
+        }
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "{binary} failed");
+            eprintln!("{binary}: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -205,6 +231,19 @@ mod tests {
         assert!(err.to_string().contains("API_KEY_FILE"), "{err}");
         let secret = Env::from_pairs([("API_KEY", "s3cr3t")]).secret("API_KEY").unwrap().unwrap();
         assert!(!format!("{secret:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn configuration_errors_are_found_under_context() {
+        let missing = || Env::default().required("KAFKA_BOOTSTRAP_SERVERS", "host:port list");
+        assert!(is_config_error(&anyhow::Error::new(missing().unwrap_err())));
+        let wrapped =
+            anyhow::Error::new(missing().unwrap_err()).context("configuration error").context("run");
+        assert!(is_config_error(&wrapped));
+        assert!(!is_config_error(&anyhow::anyhow!("broker unreachable")));
+        assert_eq!(exit_code("test", Ok(())), ExitCode::SUCCESS);
+        assert_eq!(exit_code("test", Err(wrapped)), ExitCode::from(2));
+        assert_eq!(exit_code("test", Err(anyhow::anyhow!("broker unreachable"))), ExitCode::FAILURE);
     }
 
     #[test]
