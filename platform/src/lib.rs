@@ -5,7 +5,8 @@
 //! topics ([`events`]), how a Kafka client is configured ([`kafka`]), how settings are
 //! read ([`settings`]), how logs are written ([`telemetry`]) and how a trace crosses
 //! Kafka ([`trace_context`]). [`bootstrap`] prepares a broker for the stack and [`lag`]
-//! measures consumer lag the way KEDA does.
+//! measures consumer lag the way KEDA does. [`llm`] configures OpenAI-compatible
+//! clients and says which of their errors are worth another request.
 //!
 //! Small pieces every binary would otherwise repeat: [`shutdown`] waits for SIGTERM or
 //! Ctrl-C, [`sync`] locks shared state that must outlive a panicking holder.

@@ -2,7 +2,8 @@
 //!
 //! The same settings work for OpenAI, vLLM, Ollama, TEI and llama.cpp's server: a base
 //! URL, a model name and an optional API key. The key is held as a [`SecretString`]
-//! and only exposed to the HTTP client.
+//! and only exposed to the HTTP client. [`is_retryable`] says which of their HTTP
+//! errors are worth another request.
 
 use std::time::Duration;
 
@@ -87,9 +88,28 @@ impl Endpoint {
     }
 }
 
+/// Whether an HTTP error status of an LLM or embeddings endpoint may pass if the request
+/// is sent again: rate limits and server errors; any other status is the request's fault.
+pub fn is_retryable(status: reqwest::StatusCode) -> bool {
+    status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limits_and_server_errors_are_retryable() {
+        use reqwest::StatusCode;
+        for status in
+            [StatusCode::TOO_MANY_REQUESTS, StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY]
+        {
+            assert!(is_retryable(status), "{status}");
+        }
+        for status in [StatusCode::BAD_REQUEST, StatusCode::UNAUTHORIZED, StatusCode::NOT_FOUND] {
+            assert!(!is_retryable(status), "{status}");
+        }
+    }
 
     #[test]
     fn reads_a_prefixed_endpoint() {
