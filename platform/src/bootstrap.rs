@@ -18,7 +18,10 @@ use rdkafka::{
     TopicPartitionList,
 };
 
-use crate::{kafka::KafkaSettings, lag, topics};
+use crate::{
+    kafka::{self, KafkaSettings},
+    lag, topics,
+};
 
 /// What to create and initialise.
 #[derive(Debug, Clone)]
@@ -136,7 +139,7 @@ fn wait_for_topics(settings: &KafkaSettings, plan: &Plan) -> anyhow::Result<()> 
     let deadline = Instant::now() + Duration::from_secs(15);
     for topic in &plan.topics {
         loop {
-            match lag::partitions(&client, topic, Duration::from_secs(5)) {
+            match kafka::partitions(&client, topic, Duration::from_secs(5)) {
                 Ok(p) if !p.is_empty() => {
                     if p.len() as i32 != plan.partitions {
                         tracing::warn!(

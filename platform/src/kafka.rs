@@ -8,8 +8,9 @@
 
 use std::time::Duration;
 
+use anyhow::{bail, Context};
 use rdkafka::{
-    consumer::{BaseConsumer, StreamConsumer},
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
     message::OwnedHeaders,
     producer::{FutureProducer, FutureRecord},
     ClientConfig,
@@ -228,13 +229,11 @@ impl KafkaSettings {
 
     /// Creates an idempotent producer.
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
-        use anyhow::Context;
         self.producer_config().create().context("creating the Kafka producer")
     }
 
     /// Creates a streaming consumer in `group` (not yet subscribed).
     pub fn stream_consumer(&self, group: &str) -> anyhow::Result<StreamConsumer> {
-        use anyhow::Context;
         self.consumer_config(group)
             .create()
             .with_context(|| format!("creating a Kafka consumer for group {group}"))
@@ -242,7 +241,6 @@ impl KafkaSettings {
 
     /// Creates a polling consumer in `group`, for offset and watermark queries.
     pub fn base_consumer(&self, group: &str) -> anyhow::Result<BaseConsumer> {
-        use anyhow::Context;
         self.consumer_config(group)
             .create()
             .with_context(|| format!("creating a Kafka client for group {group}"))
@@ -273,6 +271,20 @@ pub async fn publish<E: Event>(
         .await
         .map(|delivery| (delivery.partition, delivery.offset))
         .map_err(|(err, _)| err)
+}
+
+/// The partition numbers of `topic`, from the broker's metadata.
+pub fn partitions(consumer: &impl Consumer, topic: &str, timeout: Duration) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("fetching metadata of topic {topic}"))?;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        bail!("topic {topic} is not in the broker's metadata");
+    };
+    if let Some(err) = t.error() {
+        bail!("topic {topic}: {}", rdkafka::types::RDKafkaErrorCode::from(err));
+    }
+    Ok(t.partitions().iter().map(|p| p.id()).collect())
 }
 
 #[cfg(test)]
