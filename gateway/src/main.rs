@@ -21,13 +21,15 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use platform::{bootstrap, kafka::KafkaSettings, settings::Env, telemetry, topics};
-use rdkafka::producer::Producer;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{signal, SignalKind},
-    sync::watch,
+use platform::{
+    bootstrap,
+    kafka::KafkaSettings,
+    settings::{exit_code, Env},
+    shutdown::wait_for_signal,
+    telemetry, topics,
 };
+use rdkafka::producer::Producer;
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::{auth::Authenticator, settings::GatewaySettings, state::AppState};
 
@@ -65,9 +67,9 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    if let Err(err) = telemetry::init(&env, "gateway") {
-        eprintln!("gateway: configuration error: {err}");
-        return ExitCode::from(2);
+    let logging = telemetry::init(&env, "gateway").context("configuration error");
+    if logging.is_err() {
+        return exit_code("gateway", logging);
     }
     let result = match cli.command {
         Command::Serve => serve(&env).await,
@@ -76,19 +78,7 @@ async fn main() -> ExitCode {
             init(&env, partitions, replication, timeout_secs).await
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.chain().any(|e| e.is::<platform::settings::SettingsError>()) => {
-            tracing::error!(error = format!("{err:#}"), "configuration error");
-            eprintln!("gateway: {err:#}");
-            ExitCode::from(2)
-        }
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "gateway failed");
-            eprintln!("gateway: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("gateway", result)
 }
 
 fn check_config(env: &Env) -> anyhow::Result<()> {
@@ -165,20 +155,5 @@ async fn sweep(state: AppState, mut shutdown: watch::Receiver<bool>) {
         if let Some(limiter) = &state.rate_limiter {
             limiter.retain_recent();
         }
-    }
-}
-
-async fn wait_for_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

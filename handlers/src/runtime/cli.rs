@@ -2,12 +2,13 @@
 
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
+use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use platform::settings::{Env, SettingsError};
-use tokio::{
-    signal::unix::{signal, SignalKind},
-    sync::watch,
+use platform::{
+    settings::{exit_code, is_config_error, Env, SettingsError},
+    shutdown::{wait_for_signal, Signal},
 };
+use tokio::sync::watch;
 
 use super::{
     consumer::{self, RunOptions},
@@ -61,9 +62,9 @@ pub fn main<A: App>(about: &'static str) -> ExitCode {
         Err(err) => err.exit(),
     };
     let env = Env::from_process();
-    if let Err(err) = platform::telemetry::init(&env, A::NAME) {
-        eprintln!("{}: configuration error: {err}", A::NAME);
-        return ExitCode::from(2);
+    let logging = platform::telemetry::init(&env, A::NAME).context("configuration error");
+    if logging.is_err() {
+        return exit_code(A::NAME, logging);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -81,19 +82,11 @@ pub fn main<A: App>(about: &'static str) -> ExitCode {
     });
     // Tasks still waiting on the network must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if err.is::<SettingsError>() || err.chain().any(|e| e.is::<SettingsError>()) => {
-            tracing::error!(error = format!("{err:#}"), "configuration error");
-            eprintln!("{}: configuration error: {err:#}", A::NAME);
-            ExitCode::from(2)
-        }
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "{} failed", A::NAME);
-            eprintln!("{}: {err:#}", A::NAME);
-            ExitCode::FAILURE
-        }
-    }
+    // Settings errors arrive bare (handlers read settings without context): say what
+    // they are, as every binary of the stack does.
+    let result =
+        result.map_err(|err| if is_config_error(&err) { err.context("configuration error") } else { err });
+    exit_code(A::NAME, result)
 }
 
 fn check_config<A: App>(env: &Env) -> anyhow::Result<()> {
@@ -114,7 +107,10 @@ async fn run<A: App>(env: &Env, exit_when_idle: Option<Duration>) -> anyhow::Res
     let server = tokio::spawn(server::serve(listener, status.clone(), metrics, shutdown_rx.clone()));
     let shutdown_for_signal = shutdown_tx.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        match wait_for_signal().await {
+            Signal::Terminate => tracing::info!("SIGTERM received"),
+            Signal::Interrupt => tracing::info!("interrupt received"),
+        }
         let _ = shutdown_for_signal.send(true);
     });
     let handler = Arc::new(A::build(app_settings, status.clone()).await?);
@@ -149,19 +145,4 @@ async fn lambda<A: App>(env: &Env) -> anyhow::Result<()> {
     }))
     .await
     .map_err(|err| anyhow::anyhow!("Lambda runtime: {err}"))
-}
-
-async fn wait_for_signal() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-    }
 }

@@ -5,7 +5,12 @@ use std::{collections::HashMap, net::SocketAddr, path::PathBuf, process::ExitCod
 use anyhow::Context;
 use autoscaler::Options;
 use clap::Parser;
-use platform::{kafka::KafkaSettings, settings::Env, telemetry};
+use platform::{
+    kafka::KafkaSettings,
+    settings::{exit_code, Env},
+    shutdown::wait_for_signal,
+    telemetry,
+};
 use tokio::sync::watch;
 
 /// Scales handler processes from zero on Kafka lag, driven by the ScaledObjects in
@@ -44,18 +49,11 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    if let Err(err) = telemetry::init(&env, "autoscaler") {
-        eprintln!("autoscaler: configuration error: {err}");
-        return ExitCode::from(2);
+    let logging = telemetry::init(&env, "autoscaler").context("configuration error");
+    if logging.is_err() {
+        return exit_code("autoscaler", logging);
     }
-    match run(cli, &env).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "autoscaler failed");
-            eprintln!("autoscaler: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("autoscaler", run(cli, &env).await)
 }
 
 async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
@@ -91,19 +89,4 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         let _ = tx.send(true);
     });
     autoscaler::run(options, kafka, rx).await
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
