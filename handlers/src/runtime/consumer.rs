@@ -10,6 +10,7 @@ use std::{
 use anyhow::Context as _;
 use platform::{
     lag::{self, OffsetResetPolicy},
+    sync::lock,
     trace_context::TraceParent,
 };
 use rdkafka::{
@@ -642,8 +643,4 @@ async fn report_lag(
             _ = shutdown.wait_for(|down| *down) => return,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -6,6 +6,7 @@ use std::{future::Future, sync::Mutex, time::Duration};
 
 use platform::{
     events::{encode, DecodeError, Event},
+    sync::lock,
     trace_context::TraceParent,
 };
 use rdkafka::{
@@ -205,11 +206,6 @@ fn produce_error(topic: &str, err: &KafkaError) -> HandlerError {
     } else {
         HandlerError::Unavailable(err)
     }
-}
-
-/// Locks a mutex whose data stays valid even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A fresh id for one processing attempt (reply events carry it).
