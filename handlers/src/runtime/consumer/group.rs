@@ -1,0 +1,152 @@
+//! The consumer group: committing what the offset tracker allows, keeping the tracker
+//! right across rebalances, and reporting the group's lag.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use platform::{
+    lag::{self, OffsetResetPolicy},
+    sync::lock,
+};
+use rdkafka::{
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    error::KafkaResult,
+    ClientContext, Offset, TopicPartitionList,
+};
+use tokio::sync::watch;
+
+use crate::runtime::{
+    offsets::{OffsetTracker, Partition},
+    settings::RuntimeSettings,
+    status::{metric, Status},
+};
+
+/// Commits what the tracker allows.
+pub(super) fn commit<C: Consumer<GroupContext>>(
+    consumer: &C,
+    tracker: &Mutex<OffsetTracker>,
+    mode: CommitMode,
+) {
+    let offsets = lock(tracker).to_commit();
+    if offsets.is_empty() {
+        return;
+    }
+    match commit_offsets(consumer, &offsets, mode) {
+        // An async commit is only queued here: `GroupContext::commit_callback` records
+        // it once the broker has accepted it, so a failed one is sent again.
+        Ok(()) if matches!(mode, CommitMode::Sync) => {
+            let mut t = lock(tracker);
+            for (partition, offset) in &offsets {
+                t.committed(partition, *offset);
+            }
+        }
+        Ok(()) => {}
+        Err(err) => tracing::warn!(error = %err, "commit failed; will retry"),
+    }
+}
+
+fn commit_offsets<C: Consumer<GroupContext>>(
+    consumer: &C,
+    offsets: &[(Partition, i64)],
+    mode: CommitMode,
+) -> anyhow::Result<()> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.commit(&list, mode)?;
+    Ok(())
+}
+
+/// Keeps the offset tracker right across rebalances.
+pub(super) struct GroupContext {
+    /// What is in flight and what may be committed, per partition.
+    pub(super) tracker: Arc<Mutex<OffsetTracker>>,
+    /// Where group membership is reported for `/ready`.
+    pub(super) status: Arc<Status>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked: Vec<Partition> =
+                list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            // Commit what is done before someone else takes over; records still running
+            // here will be answered again by the new owner (at-least-once).
+            let offsets = lock(&self.tracker).revoke(&revoked);
+            if !offsets.is_empty() {
+                if let Err(err) = commit_offsets(consumer, &offsets, CommitMode::Sync) {
+                    tracing::warn!(error = %err, "commit on revoke failed");
+                }
+            }
+            self.status.set_assigned(false);
+            tracing::info!(partitions = revoked.len(), "partitions revoked");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                let mut tracker = lock(&self.tracker);
+                for e in offsets.elements() {
+                    if let Offset::Offset(offset) = e.offset() {
+                        tracker.committed(&(e.topic().to_string(), e.partition()), offset);
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "commit not accepted; will retry"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Error(err) = rebalance {
+            // librdkafka drops the assignment without a revoke: forget everything, so
+            // nothing is committed for partitions this process may no longer own.
+            lock(&self.tracker).clear();
+            self.status.set_assigned(false);
+            tracing::warn!(error = %err, "rebalance failed; the assignment was dropped");
+        }
+        if let Rebalance::Assign(list) = rebalance {
+            self.status.set_assigned(true);
+            tracing::info!(
+                partitions = list.count(),
+                elapsed_ms = self.status.started().elapsed().as_millis() as u64,
+                "partitions assigned"
+            );
+        }
+    }
+}
+
+/// Publishes the group's total lag (as KEDA computes it) every few seconds.
+pub(super) async fn report_lag(
+    settings: RuntimeSettings,
+    group: &'static str,
+    topics: &'static [&'static str],
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = match settings.kafka.base_consumer(group) {
+        Ok(c) => Arc::new(c),
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "no lag metric");
+            return;
+        }
+    };
+    loop {
+        let c = client.clone();
+        let measured = tokio::task::spawn_blocking(move || {
+            lag::group_lag(&*c, topics, OffsetResetPolicy::Earliest, Duration::from_secs(5))
+        })
+        .await;
+        if let Ok(Ok(lags)) = measured {
+            metrics::gauge!(metric::LAG, "group" => group).set(lag::total(&lags) as f64);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.wait_for(|down| *down) => return,
+        }
+    }
+}

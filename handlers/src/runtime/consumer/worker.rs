@@ -1,0 +1,147 @@
+//! Records as jobs: registering and decoding a record when it arrives, running it on
+//! its own task, and reporting back how it ended so its offset can be committed.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use platform::sync::lock;
+use rdkafka::{message::OwnedMessage, Message};
+use tokio::sync::{mpsc, watch};
+
+use super::process::Processor;
+use crate::runtime::{
+    handler::Handler,
+    offsets::{OffsetTracker, Partition},
+    status::metric,
+};
+
+/// Work decided for one record when it arrived.
+pub(super) enum Work<I> {
+    /// Decoded: hand it to the handler.
+    Handle(I),
+    /// Cannot be handled (no value, too large, undecodable): dead-letter it, for this
+    /// reason.
+    DeadLetter(String),
+}
+
+/// One record waiting in its lane or running.
+pub(super) struct Job<I> {
+    /// The record as read.
+    pub(super) record: OwnedMessage,
+    /// Where it was read from.
+    pub(super) partition: Partition,
+    /// The partition's assignment when the record arrived.
+    pub(super) generation: u64,
+    /// What to do with it.
+    pub(super) work: Work<I>,
+    /// When it arrived (latency is measured from here).
+    pub(super) received: Instant,
+    tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl<I> Job<I> {
+    /// Whether this consumer still owns the record's partition.
+    pub(super) fn is_current(&self) -> bool {
+        lock(&self.tracker).is_current(&self.partition, self.generation)
+    }
+}
+
+/// How processing one record ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Handled or dead-lettered: its offset may be committed.
+    Done,
+    /// Given up at shutdown: must be redelivered.
+    Abandoned,
+}
+
+/// A job's report to the loop.
+pub(super) struct Finished {
+    /// The lane it ran in.
+    pub(super) key: Vec<u8>,
+    partition: Partition,
+    offset: i64,
+    generation: u64,
+    outcome: Outcome,
+}
+
+impl Finished {
+    /// Marks the record done in `tracker` unless it must be redelivered.
+    pub(super) fn apply(&self, tracker: &Mutex<OffsetTracker>) {
+        if self.outcome == Outcome::Done {
+            lock(tracker).finish(&self.partition, self.offset, self.generation);
+        }
+    }
+}
+
+/// Turns records into jobs and runs them.
+pub(super) struct Worker<H: Handler> {
+    processor: Arc<Processor<H>>,
+    done: mpsc::UnboundedSender<Finished>,
+}
+
+impl<H: Handler> Worker<H> {
+    /// A worker running jobs with `processor`, reporting each end on `done`.
+    pub(super) fn new(processor: Processor<H>, done: mpsc::UnboundedSender<Finished>) -> Self {
+        Self { processor: Arc::new(processor), done }
+    }
+
+    /// Registers a record and decodes it; returns its lane key and job unless there is
+    /// nothing to do.
+    pub(super) fn accept(
+        &self,
+        record: OwnedMessage,
+        tracker: &Arc<Mutex<OffsetTracker>>,
+    ) -> Option<(Vec<u8>, Job<H::Input>)> {
+        let partition = (record.topic().to_string(), record.partition());
+        let generation = lock(tracker).start(&partition, record.offset());
+        let max_record_bytes = self.processor.settings.max_record_bytes;
+        let work = match record.payload() {
+            None => Work::DeadLetter("record has no value".into()),
+            Some(payload) if payload.len() > max_record_bytes => Work::DeadLetter(format!(
+                "record of {} bytes is over HANDLER_MAX_RECORD_BYTES ({})",
+                payload.len(),
+                max_record_bytes
+            )),
+            Some(payload) => match self.processor.handler.decode(record.topic(), payload) {
+                Ok(Some(input)) => Work::Handle(input),
+                Ok(None) => {
+                    lock(tracker).finish(&partition, record.offset(), generation);
+                    metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "skipped")
+                        .increment(1);
+                    return None;
+                }
+                Err(err) => Work::DeadLetter(format!("cannot decode: {err}")),
+            },
+        };
+        let key = record.key().map(<[u8]>::to_vec).unwrap_or_default();
+        Some((
+            key,
+            Job { record, partition, generation, work, received: Instant::now(), tracker: tracker.clone() },
+        ))
+    }
+
+    /// Runs a job on its own task; reports back on `done`.
+    pub(super) fn start(&self, key: Vec<u8>, job: Job<H::Input>, shutdown: watch::Receiver<bool>) {
+        let finished = |outcome| Finished {
+            key: key.clone(),
+            partition: job.partition.clone(),
+            offset: job.record.offset(),
+            generation: job.generation,
+            outcome,
+        };
+        if !job.is_current() {
+            // The partition was revoked while this job waited: its new owner reads it.
+            let _ = self.done.send(finished(Outcome::Abandoned));
+            return;
+        }
+        let report = finished(Outcome::Done);
+        let (processor, done) = (self.processor.clone(), self.done.clone());
+        tokio::spawn(async move {
+            let outcome = processor.process(&job, shutdown).await;
+            let _ = done.send(Finished { outcome, ..report });
+        });
+    }
+}
