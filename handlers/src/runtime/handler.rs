@@ -33,6 +33,15 @@ pub enum HandlerError {
     Invalid(anyhow::Error),
 }
 
+impl HandlerError {
+    /// The failure itself, without the kind's prefix.
+    pub fn cause(&self) -> &anyhow::Error {
+        match self {
+            Self::Transient(err) | Self::Unavailable(err) | Self::Invalid(err) => err,
+        }
+    }
+}
+
 /// A handler of one kind of input event.
 pub trait Handler: Send + Sync + 'static {
     /// The decoded input.

@@ -15,7 +15,8 @@ use platform::trace_context::TraceParent;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    handler::{Context, Handler, HandlerError, Output, Sink},
+    handler::{Context, Handler, Output, Sink},
+    retry::{after_failure, AfterFailure},
     settings::Retrying,
 };
 
@@ -120,12 +121,15 @@ async fn one<H: Handler>(handler: &H, retrying: Retrying, record: &InvokeRecord)
             }
             Err(err) => err,
         };
-        match err {
-            HandlerError::Unavailable(e) => return failed(RecordStatus::Retry, format!("{e:#}")),
-            HandlerError::Transient(_) if attempt < retrying.max_attempts => {
+        match after_failure(&err, attempt, retrying.max_attempts) {
+            // The caller owns redelivery: waiting here would hold its whole batch.
+            AfterFailure::WaitForDependency => {
+                return failed(RecordStatus::Retry, format!("{:#}", err.cause()))
+            }
+            AfterFailure::Retry => {
                 tokio::time::sleep(delays.next().unwrap_or(retrying.policy.max)).await;
             }
-            err => {
+            AfterFailure::GiveUp => {
                 let ctx = Context::new(&sink, trace, attempt);
                 handler.give_up(&input, &err, &ctx).await;
                 return RecordResult {

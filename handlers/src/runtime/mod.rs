@@ -9,6 +9,7 @@ pub mod handler;
 pub mod invoke;
 pub mod lanes;
 pub mod offsets;
+pub mod retry;
 pub mod server;
 pub mod settings;
 pub mod status;

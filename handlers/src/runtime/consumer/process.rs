@@ -13,6 +13,7 @@ use super::worker::{Job, Outcome, Work};
 use crate::runtime::{
     dead_letter,
     handler::{Context, Handler, HandlerError, Sink},
+    retry::{after_failure, AfterFailure},
     settings::RuntimeSettings,
     status::{metric, Status},
 };
@@ -85,21 +86,21 @@ impl<H: Handler> Processor<H> {
                 }
                 Err(err) => err,
             };
-            match err {
-                HandlerError::Unavailable(ref cause) => {
+            match after_failure(&err, attempt, retrying.max_attempts) {
+                AfterFailure::WaitForDependency => {
                     // Not counted as an attempt: the input is fine, the world is not.
                     attempt -= 1;
                     was_unavailable = true;
                     self.status.dependency_failed();
                     tracing::warn!(
-                        error = format!("{cause:#}"),
+                        error = format!("{:#}", err.cause()),
                         "dependency unavailable; will retry, not committing"
                     );
                 }
-                HandlerError::Transient(_) if attempt < retrying.max_attempts => {
-                    tracing::warn!(attempt, error = %err, "attempt failed; will retry")
+                AfterFailure::Retry => tracing::warn!(attempt, error = %err, "attempt failed; will retry"),
+                AfterFailure::GiveUp => {
+                    return self.give_up(&job.record, input, &err, trace, attempt, &mut shutdown).await
                 }
-                _ => return self.give_up(&job.record, input, &err, trace, attempt, &mut shutdown).await,
             }
             metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "retried").increment(1);
             if !job.is_current() {
