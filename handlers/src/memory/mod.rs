@@ -21,7 +21,7 @@ use crate::{
     embed::{Embedder, EmbedderSettings},
     runtime::{
         cli::App,
-        handler::{Context, Handler, HandlerError},
+        handler::{Context, Handler, HandlerError, InputIds},
         status::Status,
     },
     store::{Memory, MemoryStore, StoreSettings},
@@ -113,8 +113,8 @@ impl Handler for MemoryWorker {
         )))
     }
 
-    fn ids(&self, input: &Memory) -> (Uuid, Uuid) {
-        (input.message_id, input.conversation_id)
+    fn ids(&self, input: &Memory) -> InputIds {
+        InputIds { message_id: input.message_id, conversation_id: input.conversation_id }
     }
 
     async fn handle(&self, memory: &Memory, ctx: &Context<'_>) -> Result<(), HandlerError> {

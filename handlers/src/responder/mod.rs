@@ -7,23 +7,21 @@ pub mod stream;
 
 use std::{sync::Arc, time::Duration};
 
+use crate::{
+    embed::{Embedder, EmbedderSettings},
+    runtime::{
+        cli::App,
+        handler::{attempt_id, Context, Handler, HandlerError, InputIds},
+        status::Status,
+    },
+    store::{MemoryStore, StoreSettings},
+};
 use async_openai::{config::OpenAIConfig, Client};
 use platform::{
     events::{decode, DecodeError, ModelResponse, ReplyBody, UserMessage},
     llm::Endpoint,
     settings::{Env, SettingsError},
     topics,
-};
-use uuid::Uuid;
-
-use crate::{
-    embed::{Embedder, EmbedderSettings},
-    runtime::{
-        cli::App,
-        handler::{attempt_id, Context, Handler, HandlerError},
-        status::Status,
-    },
-    store::{MemoryStore, StoreSettings},
 };
 
 pub use recall::{Recall, Recalled};
@@ -116,8 +114,8 @@ impl Handler for Responder {
         decode(payload).map(Some)
     }
 
-    fn ids(&self, input: &UserMessage) -> (Uuid, Uuid) {
-        (input.message_id, input.conversation_id)
+    fn ids(&self, input: &UserMessage) -> InputIds {
+        InputIds { message_id: input.message_id, conversation_id: input.conversation_id }
     }
 
     async fn handle(&self, message: &UserMessage, ctx: &Context<'_>) -> Result<(), HandlerError> {

@@ -42,6 +42,15 @@ impl HandlerError {
     }
 }
 
+/// The ids an input is known by in logs and traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputIds {
+    /// The user message the input belongs to.
+    pub message_id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+}
+
 /// A handler of one kind of input event.
 pub trait Handler: Send + Sync + 'static {
     /// The decoded input.
@@ -63,8 +72,8 @@ pub trait Handler: Send + Sync + 'static {
     /// record is committed without work); an error sends the record to the DLQ.
     fn decode(&self, topic: &str, payload: &[u8]) -> Result<Option<Self::Input>, DecodeError>;
 
-    /// `(message_id, conversation_id)` of an input, for logs.
-    fn ids(&self, input: &Self::Input) -> (Uuid, Uuid);
+    /// The ids of an input, for logs.
+    fn ids(&self, input: &Self::Input) -> InputIds;
 
     /// Handles one input, publishing outputs through `ctx`.
     fn handle(

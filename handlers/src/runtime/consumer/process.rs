@@ -56,9 +56,9 @@ impl<H: Handler> Processor<H> {
             }
             Work::Handle(input) => input,
         };
-        let (message_id, conversation_id) = self.handler.ids(input);
-        span.record("message_id", tracing::field::display(message_id));
-        span.record("conversation_id", tracing::field::display(conversation_id));
+        let ids = self.handler.ids(input);
+        span.record("message_id", tracing::field::display(ids.message_id));
+        span.record("conversation_id", tracing::field::display(ids.conversation_id));
         self.handle_with_retries(job, input, trace, shutdown).instrument(span).await
     }
 
