@@ -83,7 +83,8 @@ impl Handler for MemoryWorker {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::USER_MESSAGES, topics::MODEL_RESPONSES]
+        const TOPICS: &[&str] = topics::read_by(topics::MEMORY_GROUP);
+        TOPICS
     }
 
     fn decode(&self, topic: &str, payload: &[u8]) -> Result<Option<Memory>, DecodeError> {

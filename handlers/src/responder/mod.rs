@@ -107,7 +107,8 @@ impl Handler for Responder {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        &[topics::USER_MESSAGES]
+        const TOPICS: &[&str] = topics::read_by(topics::RESPONDER_GROUP);
+        TOPICS
     }
 
     fn decode(&self, _topic: &str, payload: &[u8]) -> Result<Option<UserMessage>, DecodeError> {
