@@ -10,11 +10,48 @@ use crate::store::Memory;
 pub const DEFAULT_SYSTEM_PROMPT: &str =
     "You are a helpful, concise assistant. Use what you remember about the user when it helps.";
 
+/// Who speaks in one message of the prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptRole {
+    /// The instructions (the system prompt and what memory recalled).
+    System,
+    /// The user.
+    User,
+    /// The model, in earlier turns.
+    Assistant,
+}
+
+impl PromptRole {
+    /// The role's name in the chat API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+impl From<Role> for PromptRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::User => Self::User,
+            Role::Assistant => Self::Assistant,
+        }
+    }
+}
+
+impl std::fmt::Display for PromptRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One message of the prompt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PromptMessage {
-    /// `system`, `user` or `assistant`.
-    pub role: &'static str,
+    /// Who speaks.
+    pub role: PromptRole,
     /// Its text.
     pub content: String,
 }
@@ -42,14 +79,14 @@ pub fn build(
             system.push_str(&format!("\n- {who}: {}", m.text));
         }
     }
-    let mut prompt = vec![PromptMessage { role: "system", content: system }];
+    let mut prompt = vec![PromptMessage { role: PromptRole::System, content: system }];
     prompt.extend(
         recent
             .iter()
             .filter(|m| m.message_id != message.message_id)
-            .map(|m| PromptMessage { role: m.role.as_str(), content: m.text.clone() }),
+            .map(|m| PromptMessage { role: m.role.into(), content: m.text.clone() }),
     );
-    prompt.push(PromptMessage { role: "user", content: message.text.clone() });
+    prompt.push(PromptMessage { role: PromptRole::User, content: message.text.clone() });
     prompt
 }
 
@@ -77,7 +114,7 @@ mod tests {
         let recent_with_itself = [recent.clone(), vec![itself]].concat();
         let prompt = build("Be brief.", &similar, &recent_with_itself, &msg);
         let roles: Vec<_> = prompt.iter().map(|m| m.role).collect();
-        assert_eq!(roles, ["system", "user", "assistant", "user"]);
+        assert_eq!(roles, [PromptRole::System, PromptRole::User, PromptRole::Assistant, PromptRole::User]);
         assert_eq!(prompt[0].content, "Be brief.\n\nWhat you remember from earlier conversations with this user:\n- The user said: My cat is Tom");
         assert_eq!(prompt[3].content, "What is my cat called?");
     }
@@ -88,5 +125,15 @@ mod tests {
         let prompt = build(DEFAULT_SYSTEM_PROMPT, &[], &[], &msg);
         assert_eq!(prompt.len(), 2);
         assert_eq!(prompt[0].content, DEFAULT_SYSTEM_PROMPT);
+    }
+
+    #[test]
+    fn roles_are_named_as_the_chat_api_names_them() {
+        let names: Vec<_> = [PromptRole::System, PromptRole::User, PromptRole::Assistant]
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(names, ["system", "user", "assistant"]);
+        assert_eq!(PromptRole::from(Role::Assistant), PromptRole::Assistant);
     }
 }

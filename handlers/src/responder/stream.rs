@@ -17,7 +17,7 @@ use futures::StreamExt;
 use platform::events::{ModelResponse, ReplyBody, Usage, UserMessage};
 use uuid::Uuid;
 
-use super::prompt::PromptMessage;
+use super::prompt::{PromptMessage, PromptRole};
 use crate::{
     embed::remote::is_retryable,
     runtime::handler::{Context, HandlerError},
@@ -116,15 +116,15 @@ fn chat_request(
         .iter()
         .map(|m| -> Result<ChatCompletionRequestMessage, OpenAIError> {
             Ok(match m.role {
-                "system" => ChatCompletionRequestSystemMessageArgs::default()
+                PromptRole::System => ChatCompletionRequestSystemMessageArgs::default()
                     .content(m.content.as_str())
                     .build()?
                     .into(),
-                "assistant" => ChatCompletionRequestAssistantMessageArgs::default()
+                PromptRole::Assistant => ChatCompletionRequestAssistantMessageArgs::default()
                     .content(m.content.as_str())
                     .build()?
                     .into(),
-                _ => ChatCompletionRequestUserMessageArgs::default()
+                PromptRole::User => ChatCompletionRequestUserMessageArgs::default()
                     .content(m.content.as_str())
                     .build()?
                     .into(),
