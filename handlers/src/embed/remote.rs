@@ -4,7 +4,7 @@
 use async_openai::{
     config::OpenAIConfig, error::OpenAIError, types::embeddings::CreateEmbeddingRequestArgs, Client,
 };
-use platform::llm::Endpoint;
+use platform::llm::{is_retryable, Endpoint};
 
 use super::EmbedError;
 
@@ -39,9 +39,4 @@ impl RemoteEmbedder {
         data.sort_by_key(|d| d.index);
         Ok(data.into_iter().map(|d| d.embedding).collect())
     }
-}
-
-/// Rate limits and server errors pass; anything else is the request's fault.
-pub fn is_retryable(status: reqwest::StatusCode) -> bool {
-    status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }

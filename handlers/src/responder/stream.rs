@@ -14,14 +14,14 @@ use async_openai::{
     Client,
 };
 use futures::StreamExt;
-use platform::events::{ModelResponse, ReplyBody, Usage, UserMessage};
+use platform::{
+    events::{ModelResponse, ReplyBody, Usage, UserMessage},
+    llm::is_retryable,
+};
 use uuid::Uuid;
 
 use super::prompt::{PromptMessage, PromptRole};
-use crate::{
-    embed::remote::is_retryable,
-    runtime::handler::{Context, HandlerError},
-};
+use crate::runtime::handler::{Context, HandlerError};
 
 /// How long later deltas may wait to be published together.
 const COALESCE: Duration = Duration::from_millis(20);
