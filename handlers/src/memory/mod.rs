@@ -4,7 +4,7 @@
 
 pub mod batcher;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use chrono::Utc;
 use platform::{
@@ -22,7 +22,6 @@ use crate::{
     runtime::{
         cli::App,
         handler::{Context, Handler, HandlerError, InputIds},
-        status::Status,
     },
     store::{Memory, MemoryStore, StoreSettings},
 };
@@ -145,7 +144,7 @@ impl App for MemoryWorker {
         MemorySettings::from_env(env)
     }
 
-    async fn build(settings: MemorySettings, _status: Arc<Status>) -> anyhow::Result<Self> {
+    async fn build(settings: MemorySettings) -> anyhow::Result<Self> {
         let embedder = Embedder::build(settings.embedder).await?;
         let store = MemoryStore::new(&settings.store, Duration::from_secs(10))?;
         let collection = store.collection().to_string();

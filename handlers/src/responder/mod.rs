@@ -5,14 +5,13 @@ pub mod prompt;
 pub mod recall;
 pub mod stream;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use crate::{
     embed::{Embedder, EmbedderSettings},
     runtime::{
         cli::App,
         handler::{attempt_id, Context, Handler, HandlerError, InputIds},
-        status::Status,
     },
     store::{MemoryStore, StoreSettings},
 };
@@ -152,7 +151,7 @@ impl App for Responder {
         ResponderSettings::from_env(env)
     }
 
-    async fn build(settings: ResponderSettings, _status: Arc<Status>) -> anyhow::Result<Self> {
+    async fn build(settings: ResponderSettings) -> anyhow::Result<Self> {
         let embedder = Embedder::build(settings.embedder.clone()).await?;
         // Memory is optional for an answer: a slow Qdrant must not hold replies up long.
         let store = MemoryStore::new(&settings.store, Duration::from_secs(3))?;

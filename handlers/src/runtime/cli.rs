@@ -27,10 +27,7 @@ pub trait App: Handler + Sized {
     fn settings(env: &Env) -> Result<Self::Settings, SettingsError>;
 
     /// Connects and loads what the handler needs.
-    fn build(
-        settings: Self::Settings,
-        status: Arc<Status>,
-    ) -> impl Future<Output = anyhow::Result<Self>> + Send;
+    fn build(settings: Self::Settings) -> impl Future<Output = anyhow::Result<Self>> + Send;
 }
 
 #[derive(Parser)]
@@ -113,7 +110,7 @@ async fn run<A: App>(env: &Env, exit_when_idle: Option<Duration>) -> anyhow::Res
         }
         let _ = shutdown_for_signal.send(true);
     });
-    let handler = Arc::new(A::build(app_settings, status.clone()).await?);
+    let handler = Arc::new(A::build(app_settings).await?);
     tracing::info!(
         elapsed_ms = status.started().elapsed().as_millis() as u64,
         "handler built (models loaded)"
@@ -135,9 +132,7 @@ async fn lambda<A: App>(env: &Env) -> anyhow::Result<()> {
         env.required(name, "set by the Lambda runtime (or an emulator) in lambda mode")?;
     }
     let retrying = Retrying::from_env(env)?;
-    let status = Status::new();
-    status.set_assigned(true);
-    let handler = Arc::new(A::build(A::settings(env)?, status).await?);
+    let handler = Arc::new(A::build(A::settings(env)?).await?);
     tracing::info!("serving the invoke entry on the Lambda runtime API");
     lambda_http::run(lambda_http::service_fn(move |request| {
         let handler = handler.clone();
