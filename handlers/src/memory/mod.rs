@@ -19,10 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     embed::{Embedder, EmbedderSettings},
-    runtime::{
-        cli::App,
-        handler::{Context, Handler, HandlerError, InputIds},
-    },
+    runtime::{cli::App, Context, Handler, HandlerError, InputIds},
     store::{Memory, MemoryStore, StoreSettings},
 };
 

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use crate::{
     embed::{Embedder, EmbedderSettings},
-    runtime::{
-        cli::App,
-        handler::{attempt_id, Context, Handler, HandlerError, InputIds},
-    },
+    runtime::{attempt_id, cli::App, Context, Handler, HandlerError, InputIds},
     store::{MemoryStore, StoreSettings},
 };
 use async_openai::{config::OpenAIConfig, Client};

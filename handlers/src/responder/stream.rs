@@ -21,7 +21,7 @@ use platform::{
 use uuid::Uuid;
 
 use super::prompt::{PromptMessage, PromptRole};
-use crate::runtime::handler::{Context, HandlerError};
+use crate::runtime::{Context, HandlerError};
 
 /// How long later deltas may wait to be published together.
 const COALESCE: Duration = Duration::from_millis(20);
