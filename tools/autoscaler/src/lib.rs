@@ -64,9 +64,7 @@ pub async fn run(
         })?;
         let replicas =
             Replicas::new(&so.target, program, vec!["run".into()], options.log_dir.clone(), options.grace);
-        status
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        platform::sync::lock(&status)
             .scaled_objects
             .push(TargetStatus { name: so.name.clone(), ..Default::default() });
         tasks.push(tokio::spawn(scale::drive(so, replicas, kafka.clone(), status.clone(), shutdown.clone())));

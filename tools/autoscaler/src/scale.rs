@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use platform::{
     kafka::KafkaSettings,
     lag::{self, OffsetResetPolicy},
+    sync::lock,
 };
 use rdkafka::consumer::BaseConsumer;
 use tokio::{sync::watch, time::Instant};
@@ -68,7 +69,7 @@ pub async fn drive(
         if let Err(err) = replicas.scale_to(decision.replicas as usize) {
             tracing::error!(scaled_object = %so.name, error = format!("{err:#}"), "cannot start a replica");
         }
-        let mut shared = status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut shared = lock(&status);
         if let Some(entry) = shared.scaled_objects.iter_mut().find(|s| s.name == so.name) {
             *entry = TargetStatus {
                 name: so.name.clone(),

@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::Context;
 use axum::{extract::State, routing::get, Json, Router};
+use platform::sync::lock;
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
@@ -45,12 +46,7 @@ pub async fn serve(
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (--listen)"))?;
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route(
-            "/status",
-            get(|State(s): State<Shared>| async move {
-                Json(s.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
-            }),
-        )
+        .route("/status", get(|State(s): State<Shared>| async move { Json(lock(&s).clone()) }))
         .with_state(status);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use platform::sync::lock;
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::json;
@@ -145,7 +146,7 @@ impl Conversation {
             conversation_id,
         };
         let handle = tokio::spawn(stream::follow(target, shared.tracker.clone(), shared.stop.clone()));
-        let mut slot = self.stream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = lock(&self.stream);
         if let Some(old) = slot.replace(handle) {
             old.abort();
         }
@@ -153,7 +154,7 @@ impl Conversation {
 
     /// Waits (bounded) for the stream task to notice the end of the run.
     pub async fn close(&self, grace: Duration) {
-        let handle = self.stream.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let handle = lock(&self.stream).take();
         if let Some(handle) = handle {
             let abort = handle.abort_handle();
             if tokio::time::timeout(grace, handle).await.is_err() {

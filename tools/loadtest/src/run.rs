@@ -3,11 +3,12 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::{bail, Context};
+use platform::sync::lock;
 use reqwest::Url;
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 
@@ -177,7 +178,7 @@ pub async fn run(config: Config) -> anyhow::Result<Report> {
     background.abort_all();
 
     let (records, streams, unmatched) = tracker.finish();
-    let mut rows = std::mem::take(&mut *rows.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut rows = std::mem::take(&mut *lock(&rows));
     timeline::fill_windows(&mut rows, &records);
     let sampling_errors = [("kafka lag", lag.first_error()), ("autoscaler", scaling.first_error())]
         .into_iter()
@@ -255,7 +256,7 @@ async fn tick(
                 }
             }
         }
-        rows.lock().unwrap_or_else(PoisonError::into_inner).push(row);
+        lock(&rows).push(row);
         if last {
             return;
         }

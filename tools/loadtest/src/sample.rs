@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -15,6 +15,7 @@ use anyhow::Context;
 use platform::{
     kafka::KafkaSettings,
     lag::{self, OffsetResetPolicy},
+    sync::lock,
     topics::HANDLER_GROUPS,
 };
 use rdkafka::consumer::BaseConsumer;
@@ -43,14 +44,14 @@ impl<T: Clone> Latest<T> {
     /// Stores a sample taken now.
     pub fn set(&self, value: Result<T, String>) {
         if let Err(e) = &value {
-            self.first_error.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert_with(|| e.clone());
+            lock(&self.first_error).get_or_insert_with(|| e.clone());
         }
-        *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), value));
+        *lock(&self.inner) = Some((Instant::now(), value));
     }
 
     /// The value, when one was sampled within [`STALE_AFTER`].
     pub fn fresh(&self) -> Option<T> {
-        match &*self.inner.lock().unwrap_or_else(PoisonError::into_inner) {
+        match &*lock(&self.inner) {
             Some((at, Ok(v))) if at.elapsed() <= STALE_AFTER => Some(v.clone()),
             _ => None,
         }
@@ -58,17 +59,17 @@ impl<T: Clone> Latest<T> {
 
     /// True once anything (a value or an error) was sampled.
     pub fn sampled(&self) -> bool {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).is_some()
+        lock(&self.inner).is_some()
     }
 
     /// The first error any sample had.
     pub fn first_error(&self) -> Option<String> {
-        self.first_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        lock(&self.first_error).clone()
     }
 
     /// The error of the latest sample, if it failed.
     pub fn error(&self) -> Option<String> {
-        match &*self.inner.lock().unwrap_or_else(PoisonError::into_inner) {
+        match &*lock(&self.inner) {
             Some((_, Err(e))) => Some(e.clone()),
             _ => None,
         }
