@@ -5,9 +5,12 @@
 //! set headers, so a token may also come as the `access_token` query parameter (on
 //! `/stream`); prefer the header elsewhere, since URLs end up in access logs.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::request::Parts,
+};
 use jsonwebtoken::{
     decode, decode_header,
     jwk::{AlgorithmParameters, JwkSet},
@@ -17,7 +20,7 @@ use platform::settings::{Env, SettingsError};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-use crate::{error::ApiError, state::AppState};
+use crate::error::ApiError;
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,10 +177,15 @@ struct TokenQuery {
     access_token: Option<String>,
 }
 
-impl FromRequestParts<AppState> for User {
+/// Any state that holds the authenticator (axum's `FromRef`) can authenticate requests.
+impl<S> FromRequestParts<S> for User
+where
+    S: Send + Sync,
+    Arc<Authenticator>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        state.auth.authenticate(token_of(parts).as_deref())
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Arc::<Authenticator>::from_ref(state).authenticate(token_of(parts).as_deref())
     }
 }

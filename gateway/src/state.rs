@@ -2,6 +2,7 @@
 
 use std::sync::{atomic::AtomicBool, Arc};
 
+use axum::extract::FromRef;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use metrics_exporter_prometheus::PrometheusHandle;
 use platform::kafka::KafkaSettings;
@@ -70,5 +71,12 @@ impl AppState {
             shutdown,
             heartbeat: settings.heartbeat,
         }
+    }
+}
+
+/// Lets the `User` extractor find the authenticator without knowing this state.
+impl FromRef<AppState> for Arc<Authenticator> {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
     }
 }
