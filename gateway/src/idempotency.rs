@@ -7,12 +7,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Mutex, PoisonError},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use serde_json::{json, Value};
-use uuid::Uuid;
+use platform::sync::lock;
+
+use crate::intake::Accepted;
 
 /// A bounded, expiring map from (user, key) to the first answer and its request.
 pub struct IdempotencyCache {
@@ -36,26 +37,6 @@ pub struct Entry {
     pub answer: Accepted,
 }
 
-/// What `POST /chat` answers: the ids of the accepted message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Accepted {
-    /// The stored message.
-    pub message_id: Uuid,
-    /// Its conversation.
-    pub conversation_id: Uuid,
-}
-
-impl Accepted {
-    /// The JSON body of the 202 (and of the `accepted` SSE event).
-    pub fn to_json(self) -> Value {
-        json!({
-            "message_id": self.message_id,
-            "conversation_id": self.conversation_id,
-            "stream_url": format!("/stream?conversation_id={}", self.conversation_id),
-        })
-    }
-}
-
 impl IdempotencyCache {
     /// Keeps at most `capacity` answers for at most `ttl`.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
@@ -64,14 +45,14 @@ impl IdempotencyCache {
 
     /// The remembered answer for `(user, key)`, if any.
     pub fn get(&self, user: &str, key: &str) -> Option<Entry> {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = lock(&self.inner);
         self.expire(&mut inner);
         inner.entries.get(&(user.to_string(), key.to_string())).cloned()
     }
 
     /// Remembers `entry` for `(user, key)`.
     pub fn put(&self, user: &str, key: &str, entry: Entry) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = lock(&self.inner);
         let k = (user.to_string(), key.to_string());
         if inner.entries.insert(k.clone(), entry).is_none() {
             inner.order.push_back((Instant::now(), k));
@@ -101,6 +82,7 @@ impl IdempotencyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use uuid::Uuid;
 
     #[test]
     fn remembers_per_user_and_key_within_bounds() {

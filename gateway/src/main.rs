@@ -10,6 +10,7 @@ mod conversation_id;
 mod error;
 mod hub;
 mod idempotency;
+mod intake;
 mod relay;
 mod routes;
 mod serve;
@@ -152,7 +153,7 @@ async fn sweep(state: AppState, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         state.hub.sweep();
-        if let Some(limiter) = &state.rate_limiter {
+        if let Some(limiter) = &state.intake.rate_limiter {
             limiter.retain_recent();
         }
     }

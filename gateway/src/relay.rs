@@ -24,7 +24,7 @@ use crate::{hub::EventId, state::AppState};
 /// Runs until `shutdown` flips; retries (with backoff) until the topic can be assigned.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
     let consumer = loop {
-        match assign(&state.kafka).await {
+        match assign(&state.intake.kafka).await {
             Ok(consumer) => break consumer,
             Err(err) => {
                 tracing::warn!(error = format!("{err:#}"), "reply relay not assigned yet, retrying");

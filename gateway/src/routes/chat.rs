@@ -3,7 +3,7 @@
 
 use std::{
     hash::{DefaultHasher, Hash, Hasher},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use axum::{
@@ -15,18 +15,10 @@ use axum::{
     response::{sse::Event, IntoResponse, Response},
     Json,
 };
-use governor::clock::{Clock, DefaultClock};
-use platform::{events::UserMessage, kafka::publish, trace_context::TraceParent};
 use serde::Deserialize;
-use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{
-    auth::User,
-    error::ApiError,
-    idempotency::{Accepted, Entry},
-    state::AppState,
-};
+use crate::{auth::User, error::ApiError, idempotency::Entry, intake::Accepted, state::AppState};
 
 /// Namespace of message ids derived from an `Idempotency-Key`.
 const IDEMPOTENT_MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x1de6_0d0e_6b1e_4c3a_9f0e_6d65_7373_6167);
@@ -83,8 +75,8 @@ pub async fn post_chat(
         let name = format!("{}\n{key}", user.id);
         Uuid::new_v5(&IDEMPOTENT_MESSAGE_NAMESPACE, name.as_bytes())
     });
-    let message = accept(&state, &user, request.conversation_id, request.text, message_id).await?;
-    let accepted = Accepted { message_id: message.message_id, conversation_id: message.conversation_id };
+    let message = state.intake.accept(&user, request.conversation_id, request.text, message_id).await?;
+    let accepted = Accepted::of(&message);
     if let Some(key) = &idempotency_key {
         state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: accepted });
     }
@@ -105,62 +97,6 @@ fn answer(state: &AppState, user: &User, accepted: Accepted, stream: bool) -> Re
         .map_err(|_| ApiError::unknown_conversation())?;
     let first = Event::default().event("accepted").data(accepted.to_json().to_string());
     Ok(super::stream::sse(state, Some(first), subscription, Some(accepted.message_id)).into_response())
-}
-
-/// Checks a chat message (text, conversation ownership, rate limit) and publishes it to
-/// `user_messages`; `Ok` only once the broker acknowledged it, 503 when it did not.
-/// Shared by `POST /chat` and the OpenAI-compatible façade.
-pub(super) async fn accept(
-    state: &AppState,
-    user: &User,
-    conversation_id: Option<Uuid>,
-    text: String,
-    message_id: Option<Uuid>,
-) -> Result<UserMessage, ApiError> {
-    validate_text(&text, state.max_text_bytes)?;
-    let conversation_id = match conversation_id {
-        Some(id) if state.ids.is_owned_by(&id, &user.id) => id,
-        Some(_) => return Err(ApiError::unknown_conversation()),
-        None => state.ids.issue(&user.id),
-    };
-    rate_limit(state, user)?;
-
-    let mut message = UserMessage::new(conversation_id, user.id.clone(), text);
-    if let Some(id) = message_id {
-        message.message_id = id;
-    }
-    let trace = TraceParent::new_root();
-    let span = tracing::info_span!("chat", message_id = %message.message_id,
-        conversation_id = %conversation_id, trace_id = %trace.trace_id_hex());
-    let produce_started = Instant::now();
-    let produced = publish(&state.producer, &message, &trace, state.kafka.produce_timeout)
-        .instrument(span.clone())
-        .await;
-    metrics::histogram!("gateway_produce_seconds").record(produce_started.elapsed().as_secs_f64());
-    if let Err(err) = produced {
-        metrics::counter!("gateway_chat_unavailable_total").increment(1);
-        span.in_scope(
-            || tracing::warn!(error = %err, "broker did not acknowledge the message; answering 503"),
-        );
-        return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
-    }
-    span.in_scope(|| tracing::info!("message accepted"));
-    state.hub.note_accepted(message.message_id);
-    Ok(message)
-}
-
-fn validate_text(text: &str, max_bytes: usize) -> Result<(), ApiError> {
-    if text.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "empty_text", "text must not be empty"));
-    }
-    if text.len() > max_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "text_too_long",
-            format!("text is {} bytes; the limit is {max_bytes}", text.len()),
-        ));
-    }
-    Ok(())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -184,15 +120,4 @@ fn fingerprint(conversation_id: Option<Uuid>, text: &str) -> u64 {
     conversation_id.hash(&mut h);
     text.hash(&mut h);
     h.finish()
-}
-
-/// Applies the per-user rate limit (429 with Retry-After when exceeded).
-fn rate_limit(state: &AppState, user: &User) -> Result<(), ApiError> {
-    let Some(limiter) = &state.rate_limiter else { return Ok(()) };
-    limiter.check_key(&user.id).map_err(|not_until| {
-        metrics::counter!("gateway_rate_limited_total").increment(1);
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many messages; slow down")
-            .retry_after(wait.max(Duration::from_secs(1)))
-    })
 }

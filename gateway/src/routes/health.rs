@@ -16,7 +16,7 @@ pub async fn health() -> impl IntoResponse {
 /// `GET /ready`: the broker answers and the reply relay is assigned.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let relay = state.relay_ready.load(Ordering::SeqCst);
-    let producer = state.producer.clone();
+    let producer = state.intake.producer.clone();
     let broker = tokio::task::spawn_blocking(move || {
         producer.client().fetch_metadata(None, Duration::from_secs(2)).is_ok()
     })

@@ -22,7 +22,7 @@ use crate::{error::ApiError, state::AppState};
 /// All routes with their limits.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     // Room for the JSON around the longest accepted text (escapes can double it).
-    let body_limit = state.max_text_bytes * 2 + 1024;
+    let body_limit = state.intake.max_text_bytes * 2 + 1024;
     let bounded = Router::new().route("/chat", post(chat::post_chat)).layer(middleware::from_fn(
         move |request: Request, next: Next| time_limit(request_timeout, request, next),
     ));

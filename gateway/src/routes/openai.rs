@@ -110,7 +110,7 @@ pub async fn chat_completions(
             Some(v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(ApiError::unknown_conversation)?)
         }
     };
-    let message = super::chat::accept(&state, &user, conversation_id, text, None).await?;
+    let message = state.intake.accept(&user, conversation_id, text, None).await?;
     metrics::counter!("gateway_openai_requests_total").increment(1);
     // Events that arrived before this subscription are in the hub's replay window.
     let subscription = state

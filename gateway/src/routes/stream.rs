@@ -60,7 +60,7 @@ pub async fn get_stream(
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(query) = query?;
-    if !state.ids.is_owned_by(&query.conversation_id, &user.id) {
+    if !state.intake.ids.is_owned_by(&query.conversation_id, &user.id) {
         return Err(ApiError::unknown_conversation());
     }
     let last_event_id = match headers.get("last-event-id") {
