@@ -12,9 +12,11 @@ mod hub;
 mod idempotency;
 mod intake;
 mod relay;
+mod reply;
 mod routes;
 mod serve;
 mod settings;
+mod sse;
 mod state;
 
 use std::{process::ExitCode, time::Duration};

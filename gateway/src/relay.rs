@@ -10,8 +10,8 @@ use std::{sync::atomic::Ordering, time::Duration};
 use anyhow::Context;
 use platform::{
     events::{decode, ModelResponse},
-    kafka::KafkaSettings,
-    lag, topics,
+    kafka::{self, KafkaSettings},
+    topics,
 };
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
@@ -19,7 +19,7 @@ use rdkafka::{
 };
 use tokio::sync::watch;
 
-use crate::{hub::EventId, state::AppState};
+use crate::{reply::EventId, state::AppState};
 
 /// Runs until `shutdown` flips; retries (with backoff) until the topic can be assigned.
 pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
@@ -48,7 +48,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
                 match record.payload().map(decode::<ModelResponse>) {
                     Some(Ok(response)) => {
                         metrics::counter!("gateway_relay_events_total").increment(1);
-                        state.hub.publish(id, &response);
+                        state.hub.publish(id, response);
                     }
                     // The handlers dead-letter bad records; the relay only skips them.
                     Some(Err(err)) => {
@@ -74,7 +74,7 @@ async fn assign(kafka: &KafkaSettings) -> anyhow::Result<StreamConsumer> {
     config.set("auto.offset.reset", "latest");
     let consumer: StreamConsumer = config.create().context("creating the reply relay consumer")?;
     let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
-        let partitions = lag::partitions(&consumer, topics::MODEL_RESPONSES, Duration::from_secs(5))?;
+        let partitions = kafka::partitions(&consumer, topics::MODEL_RESPONSES, Duration::from_secs(5))?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
             // The log end as a number, not `Offset::End`: that one is resolved lazily,

@@ -12,13 +12,13 @@ use axum::{
         Query, State,
     },
     http::{HeaderMap, StatusCode},
-    response::{sse::Event, IntoResponse, Response},
+    response::{IntoResponse, Response},
     Json,
 };
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::{auth::User, error::ApiError, idempotency::Entry, intake::Accepted, state::AppState};
+use crate::{auth::User, error::ApiError, idempotency::Entry, intake::Accepted, sse, state::AppState};
 
 /// Namespace of message ids derived from an `Idempotency-Key`.
 const IDEMPOTENT_MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x1de6_0d0e_6b1e_4c3a_9f0e_6d65_7373_6167);
@@ -95,8 +95,8 @@ fn answer(state: &AppState, user: &User, accepted: Accepted, stream: bool) -> Re
         .hub
         .subscribe(accepted.conversation_id, &user.id, None)
         .map_err(|_| ApiError::unknown_conversation())?;
-    let first = Event::default().event("accepted").data(accepted.to_json().to_string());
-    Ok(super::stream::sse(state, Some(first), subscription, Some(accepted.message_id)).into_response())
+    let replies = subscription.until_final(accepted.message_id);
+    Ok(sse::response(state, Some(sse::accepted_event(accepted)), replies).into_response())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

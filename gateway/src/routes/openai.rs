@@ -7,7 +7,7 @@
 //! caller's. With `stream: true` the reply streams as `chat.completion.chunk` events and
 //! ends with `data: [DONE]`; otherwise one `chat.completion` is returned.
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
     extract::{rejection::JsonRejection, State},
@@ -19,11 +19,16 @@ use axum::{
     Json,
 };
 use futures::{stream, StreamExt};
+use platform::events::Usage;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
-use crate::{auth::User, error::ApiError, hub::StreamEvent, state::AppState};
+use crate::{
+    auth::User,
+    error::ApiError,
+    reply::{ReplyEvent, ReplyKind},
+    state::AppState,
+};
 
 /// Longest wait for a complete reply before the façade gives up.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -64,32 +69,6 @@ fn text_of(content: &Value) -> Option<String> {
     }
 }
 
-/// What a reply event means for the façade.
-enum Step {
-    Delta(String),
-    Done { text: String, finish_reason: String, usage: Value },
-    Failed(String),
-}
-
-fn step(event: &StreamEvent, message_id: Uuid) -> Option<Step> {
-    if event.message_id != message_id {
-        return None;
-    }
-    let data: Value = serde_json::from_str(&event.data).ok()?;
-    match event.kind {
-        "token" => Some(Step::Delta(data["delta"].as_str().unwrap_or_default().to_string())),
-        "done" => Some(Step::Done {
-            text: data["text"].as_str().unwrap_or_default().to_string(),
-            finish_reason: data["finish_reason"].as_str().unwrap_or("stop").to_string(),
-            usage: data["usage"].clone(),
-        }),
-        "error" => Some(Step::Failed(data["message"].as_str().unwrap_or("the reply failed").to_string())),
-        // Tokens already sent cannot be taken back from an OpenAI client.
-        "reset" => Some(Step::Failed("the reply was interrupted and is being regenerated; retry".into())),
-        _ => None,
-    }
-}
-
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -122,56 +101,58 @@ pub async fn chat_completions(
     let id = format!("chatcmpl-{message_id}");
     let created = message.ts.timestamp();
     let model = if request.model.is_empty() { "chat-stack".to_string() } else { request.model };
-    let steps = subscription.events().filter_map(move |e| futures::future::ready(step(&e, message_id)));
+    let mut replies = subscription.until_final(message_id);
 
     if !request.stream {
-        let mut steps = Box::pin(steps);
         let outcome = tokio::time::timeout(REPLY_TIMEOUT, async {
-            while let Some(s) = steps.next().await {
-                match s {
-                    Step::Delta(_) => continue,
-                    done_or_failed => return Some(done_or_failed),
+            while let Some(reply) = replies.next().await {
+                match Step::of(&reply) {
+                    Step::Delta(_) => {}
+                    Step::Done { text, finish_reason, usage } => {
+                        return Ok(json!({
+                            "id": id, "object": "chat.completion", "created": created, "model": model,
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+                            "usage": usage,
+                        }))
+                    }
+                    Step::Failed(reason) => {
+                        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", reason))
+                    }
                 }
             }
-            None
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", "the reply stream ended early"))
         })
         .await;
         return match outcome {
-            Ok(Some(Step::Done { text, finish_reason, usage })) => Ok(Json(json!({
-                "id": id, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
-                "usage": usage_or_zero(&usage),
-            }))
-            .into_response()),
-            Ok(Some(Step::Failed(reason))) => {
-                Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", reason))
+            Ok(completion) => completion.map(|body| Json(body).into_response()),
+            Err(_) => {
+                Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "reply_timeout", "no complete reply in time"))
             }
-            Ok(_) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", "the reply stream ended early")),
-            Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "reply_timeout", "no complete reply in time")),
         };
     }
 
-    let chunk = std::sync::Arc::new(move |delta: Value, finish: Option<&str>, usage: Option<Value>| {
+    let chunk = Arc::new(move |delta: Value, finish: Option<&str>, usage: Option<Usage>| {
         let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
         if let Some(u) = usage {
-            c["usage"] = u;
+            c["usage"] = json!(u);
         }
         Event::default().data(c.to_string())
     });
     let first = chunk(json!({"role": "assistant", "content": ""}), None, None);
     // Ends right after the final step, without waiting for another reply event.
-    let steps = Box::pin(steps.take_until(tokio::time::sleep(REPLY_TIMEOUT)));
-    let body = stream::unfold((steps, false), move |(mut steps, ended)| {
+    let replies = Box::pin(replies.take_until(tokio::time::sleep(REPLY_TIMEOUT)));
+    let body = stream::unfold((replies, false), move |(mut replies, ended)| {
         let chunk = chunk.clone();
         async move {
             if ended {
                 return None;
             }
-            let (event, end) = match steps.next().await? {
-                Step::Delta(d) => (chunk(json!({"content": d}), None, None), false),
+            let reply = replies.next().await?;
+            let (event, end) = match Step::of(&reply) {
+                Step::Delta(delta) => (chunk(json!({"content": delta}), None, None), false),
                 Step::Done { finish_reason, usage, .. } => {
-                    (chunk(json!({}), Some(&finish_reason), Some(usage_or_zero(&usage))), true)
+                    (chunk(json!({}), Some(finish_reason), Some(usage)), true)
                 }
                 Step::Failed(reason) => {
                     let error =
@@ -179,7 +160,7 @@ pub async fn chat_completions(
                     (Event::default().data(error.to_string()), true)
                 }
             };
-            Some((event, (steps, end)))
+            Some((event, (replies, end)))
         }
     });
     let events = stream::once(futures::future::ready(first))
@@ -189,10 +170,24 @@ pub async fn chat_completions(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(state.heartbeat)).into_response())
 }
 
-fn usage_or_zero(usage: &Value) -> Value {
-    if usage.is_object() {
-        usage.clone()
-    } else {
-        json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+/// What a reply event means for an OpenAI client.
+enum Step<'a> {
+    Delta(&'a str),
+    Done { text: &'a str, finish_reason: &'a str, usage: Usage },
+    Failed(&'a str),
+}
+
+impl<'a> Step<'a> {
+    fn of(reply: &'a ReplyEvent) -> Self {
+        match &reply.kind {
+            ReplyKind::Token { delta, .. } => Self::Delta(delta),
+            // A reply without counts reports zeros, as OpenAI clients expect a usage object.
+            ReplyKind::Done { text, finish_reason, usage } => {
+                Self::Done { text, finish_reason, usage: usage.unwrap_or_default() }
+            }
+            ReplyKind::Error { message, .. } => Self::Failed(message),
+            // Tokens already sent cannot be taken back from an OpenAI client.
+            ReplyKind::Reset => Self::Failed("the reply was interrupted and is being regenerated; retry"),
+        }
     }
 }

@@ -12,7 +12,7 @@ pub async fn index() -> Html<&'static str> {
 }
 
 /// The OpenAPI 3.1 document of the gateway's routes (checked against the router by
-/// `gateway/tests/api.rs`).
+/// `gateway/tests/api/openapi.rs`).
 const OPENAPI: &str = include_str!("../page/openapi.json");
 
 /// `GET /openapi.json`.

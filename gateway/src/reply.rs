@@ -1,0 +1,215 @@
+//! A reply event as the gateway keeps it: typed, shared by every stream of its
+//! conversation, and rendered to SSE JSON once, here, for all of them.
+
+use std::{fmt, str::FromStr, sync::OnceLock};
+
+use platform::events::{ModelResponse, ReplyBody, Usage};
+use serde::{ser::SerializeStruct, Serialize, Serializer};
+use uuid::Uuid;
+
+/// Position of an event in `model_responses`: the SSE `id`, the same on every replica
+/// because every replica reads the same log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventId {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.partition, self.offset)
+    }
+}
+
+impl FromStr for EventId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (p, o) = s.trim().split_once('-').ok_or(())?;
+        Ok(Self { partition: p.parse().map_err(|_| ())?, offset: o.parse().map_err(|_| ())? })
+    }
+}
+
+/// What a reply event says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyKind {
+    /// A delta of the reply text.
+    Token {
+        /// Position of the delta within its attempt.
+        seq: u32,
+        /// The text to append.
+        delta: String,
+    },
+    /// The reply is complete.
+    Done {
+        /// The whole reply text.
+        text: String,
+        /// Token counts, when the model reported them.
+        usage: Option<Usage>,
+        /// Why generation stopped.
+        finish_reason: String,
+    },
+    /// The reply failed.
+    Error {
+        /// A stable machine-readable code.
+        code: String,
+        /// A human-readable explanation.
+        message: String,
+    },
+    /// A new attempt replaces the one shown so far: discard its partial text.
+    Reset,
+}
+
+/// One event of a conversation's reply streams.
+#[derive(Debug)]
+pub struct ReplyEvent {
+    /// The SSE `id`.
+    pub id: EventId,
+    /// The user message the event belongs to.
+    pub message_id: Uuid,
+    /// That message's conversation.
+    pub conversation_id: Uuid,
+    /// The processing attempt the event belongs to.
+    pub attempt: Uuid,
+    /// What it says.
+    pub kind: ReplyKind,
+    /// The SSE `data`, rendered by the first stream that sends the event; thousands of
+    /// streams of one conversation then share one string.
+    data: OnceLock<String>,
+}
+
+/// Why a `reset` is sent, for people reading the stream.
+const RESET_REASON: &str = "the reply is being generated again; discard its partial text";
+
+impl ReplyEvent {
+    /// The event of a relayed reply record at `id`.
+    pub fn from_response(id: EventId, response: ModelResponse) -> Self {
+        let kind = match response.body {
+            ReplyBody::Token { seq, delta } => ReplyKind::Token { seq, delta },
+            ReplyBody::Done { text, usage, finish_reason, .. } => {
+                ReplyKind::Done { text, usage, finish_reason }
+            }
+            ReplyBody::Error { code, message } => ReplyKind::Error { code, message },
+        };
+        Self::new(id, response.message_id, response.conversation_id, response.attempt, kind)
+    }
+
+    /// The `reset` that announces `next`'s attempt; it shares `next`'s id.
+    pub fn reset_before(next: &ReplyEvent) -> Self {
+        Self::new(next.id, next.message_id, next.conversation_id, next.attempt, ReplyKind::Reset)
+    }
+
+    fn new(id: EventId, message_id: Uuid, conversation_id: Uuid, attempt: Uuid, kind: ReplyKind) -> Self {
+        Self { id, message_id, conversation_id, attempt, kind, data: OnceLock::new() }
+    }
+
+    /// True for the event that ends its message (`done` or `error`).
+    pub fn is_final(&self) -> bool {
+        matches!(self.kind, ReplyKind::Done { .. } | ReplyKind::Error { .. })
+    }
+
+    /// The SSE `event` name.
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            ReplyKind::Token { .. } => "token",
+            ReplyKind::Done { .. } => "done",
+            ReplyKind::Error { .. } => "error",
+            ReplyKind::Reset => "reset",
+        }
+    }
+
+    /// The SSE `data`: a JSON object with the message, conversation and attempt ids and
+    /// the kind's own fields.
+    pub fn data(&self) -> &str {
+        self.data.get_or_init(|| serde_json::to_string(self).unwrap_or_else(|_| "{}".into()))
+    }
+}
+
+impl Serialize for ReplyEvent {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("ReplyEvent", 6)?;
+        s.serialize_field("message_id", &self.message_id)?;
+        s.serialize_field("conversation_id", &self.conversation_id)?;
+        s.serialize_field("attempt", &self.attempt)?;
+        match &self.kind {
+            ReplyKind::Token { seq, delta } => {
+                s.serialize_field("seq", seq)?;
+                s.serialize_field("delta", delta)?;
+            }
+            ReplyKind::Done { text, usage, finish_reason } => {
+                s.serialize_field("text", text)?;
+                s.serialize_field("usage", usage)?;
+                s.serialize_field("finish_reason", finish_reason)?;
+            }
+            ReplyKind::Error { code, message } => {
+                s.serialize_field("code", code)?;
+                s.serialize_field("message", message)?;
+            }
+            ReplyKind::Reset => s.serialize_field("reason", RESET_REASON)?,
+        }
+        s.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use platform::events::UserMessage;
+    use serde_json::{json, Value};
+
+    fn event(body: ReplyBody) -> ReplyEvent {
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let response = ModelResponse::for_message(&msg, Uuid::new_v4(), body);
+        ReplyEvent::from_response(EventId { partition: 1, offset: 7 }, response)
+    }
+
+    fn data(e: &ReplyEvent) -> Value {
+        serde_json::from_str(e.data()).unwrap()
+    }
+
+    #[test]
+    fn every_kind_renders_its_ids_and_its_own_fields() {
+        let token = event(ReplyBody::Token { seq: 3, delta: "hi \"there\"".into() });
+        let ids = json!({"message_id": token.message_id, "conversation_id": token.conversation_id,
+            "attempt": token.attempt});
+        let with = |extra: Value| {
+            let mut all = ids.clone();
+            all.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            all
+        };
+        assert_eq!((token.name(), data(&token)), ("token", with(json!({"seq": 3, "delta": "hi \"there\""}))));
+
+        let reset = ReplyEvent::reset_before(&token);
+        assert_eq!((reset.name(), reset.id), ("reset", token.id));
+        assert_eq!(data(&reset), with(json!({"reason": RESET_REASON})));
+
+        let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 };
+        let mut done = event(ReplyBody::Done {
+            text: "all".into(),
+            usage: Some(usage),
+            finish_reason: "stop".into(),
+            token_events: 2,
+        });
+        (done.message_id, done.conversation_id, done.attempt) =
+            (token.message_id, token.conversation_id, token.attempt);
+        assert!(done.is_final());
+        assert_eq!(
+            data(&done),
+            with(json!({"text": "all", "finish_reason": "stop",
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}))
+        );
+
+        let error = event(ReplyBody::Error { code: "llm_unavailable".into(), message: "down".into() });
+        assert_eq!(error.name(), "error");
+        assert_eq!(data(&error)["code"], "llm_unavailable");
+        assert!(error.is_final() && !token.is_final() && !reset.is_final());
+    }
+
+    #[test]
+    fn event_ids_round_trip() {
+        assert_eq!("3-42".parse::<EventId>(), Ok(EventId { partition: 3, offset: 42 }));
+        assert_eq!(EventId { partition: 3, offset: 42 }.to_string(), "3-42");
+        assert!("3".parse::<EventId>().is_err() && "a-1".parse::<EventId>().is_err());
+    }
+}
