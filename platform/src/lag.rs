@@ -10,10 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::{consumer::Consumer, Offset, TopicPartitionList};
 
-// Kept here until the gateway's relay and platform's bootstrap test name it
-// `kafka::partitions` (files other changes are editing now).
-#[doc(hidden)]
-pub use crate::kafka::partitions;
+use crate::kafka::partitions;
 
 /// What KEDA assumes a consumer does when its group has no committed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

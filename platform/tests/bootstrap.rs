@@ -6,7 +6,7 @@ use std::time::Duration;
 use platform::{
     bootstrap::{self, Plan},
     events::UserMessage,
-    kafka::{publish, KafkaSettings},
+    kafka::{self, publish, KafkaSettings},
     lag::{self, OffsetResetPolicy},
     topics,
     trace_context::TraceParent,
@@ -38,7 +38,7 @@ async fn init_is_idempotent_and_makes_kedas_lag_exact() {
 
     let client = settings.base_consumer("inspect").expect("client");
     for topic in topics::all_with_dlq() {
-        assert_eq!(lag::partitions(&client, &topic, TIMEOUT).expect("metadata").len(), 6, "{topic}");
+        assert_eq!(kafka::partitions(&client, &topic, TIMEOUT).expect("metadata").len(), 6, "{topic}");
     }
 
     // The pitfall init avoids: a group without commits shows lag 1 per partition under
