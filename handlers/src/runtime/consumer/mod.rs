@@ -5,6 +5,7 @@
 
 mod flow;
 mod group;
+mod job;
 mod process;
 mod worker;
 
@@ -27,8 +28,9 @@ use tokio::{
 use self::{
     flow::Flow,
     group::{commit, report_lag, GroupContext},
+    job::Job,
     process::Processor,
-    worker::{Finished, Job, Worker},
+    worker::{Finished, Worker},
 };
 use super::{
     handler::Handler,

@@ -9,7 +9,7 @@ use rdkafka::{message::OwnedMessage, producer::FutureProducer, Message};
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::worker::{Job, Outcome, Work};
+use super::job::{Job, Outcome, Work};
 use crate::runtime::{
     dead_letter,
     handler::{Context, Handler, HandlerError, Sink},

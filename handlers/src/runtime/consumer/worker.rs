@@ -1,61 +1,21 @@
 //! Records as jobs: registering and decoding a record when it arrives, running it on
 //! its own task, and reporting back how it ended so its offset can be committed.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Instant,
-};
+use std::sync::{Arc, Mutex};
 
 use platform::sync::lock;
 use rdkafka::{message::OwnedMessage, Message};
 use tokio::sync::{mpsc, watch};
 
-use super::process::Processor;
+use super::{
+    job::{Job, Outcome, Work},
+    process::Processor,
+};
 use crate::runtime::{
     handler::Handler,
     offsets::{OffsetTracker, Partition},
     status::metric,
 };
-
-/// Work decided for one record when it arrived.
-pub(super) enum Work<I> {
-    /// Decoded: hand it to the handler.
-    Handle(I),
-    /// Cannot be handled (no value, too large, undecodable): dead-letter it, for this
-    /// reason.
-    DeadLetter(String),
-}
-
-/// One record waiting in its lane or running.
-pub(super) struct Job<I> {
-    /// The record as read.
-    pub(super) record: OwnedMessage,
-    /// Where it was read from.
-    pub(super) partition: Partition,
-    /// The partition's assignment when the record arrived.
-    pub(super) generation: u64,
-    /// What to do with it.
-    pub(super) work: Work<I>,
-    /// When it arrived (latency is measured from here).
-    pub(super) received: Instant,
-    tracker: Arc<Mutex<OffsetTracker>>,
-}
-
-impl<I> Job<I> {
-    /// Whether this consumer still owns the record's partition.
-    pub(super) fn is_current(&self) -> bool {
-        lock(&self.tracker).is_current(&self.partition, self.generation)
-    }
-}
-
-/// How processing one record ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
-    /// Handled or dead-lettered: its offset may be committed.
-    Done,
-    /// Given up at shutdown: must be redelivered.
-    Abandoned,
-}
 
 /// A job's report to the loop.
 pub(super) struct Finished {
@@ -117,10 +77,7 @@ impl<H: Handler> Worker<H> {
             },
         };
         let key = record.key().map(<[u8]>::to_vec).unwrap_or_default();
-        Some((
-            key,
-            Job { record, partition, generation, work, received: Instant::now(), tracker: tracker.clone() },
-        ))
+        Some((key, Job::new(record, partition, generation, work, tracker.clone())))
     }
 
     /// Runs a job on its own task; reports back on `done`.
