@@ -1,7 +1,7 @@
 //! The Kafka loop (what KEDA scales): consume, decode, handle with per-conversation
 //! ordering and bounded concurrency, retry, dead-letter, and commit a record only
 //! after every output it produced was acknowledged. The group and its commits live in
-//! `group`, pausing in `flow`, a record's life in `worker` and `process`.
+//! `group`, pausing in `flow`, a record's life in `job`, `worker` and `process`.
 
 mod flow;
 mod group;
