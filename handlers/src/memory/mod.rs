@@ -79,8 +79,7 @@ impl Handler for MemoryWorker {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        const TOPICS: &[&str] = topics::read_by(topics::MEMORY_GROUP);
-        TOPICS
+        topics::MEMORY_TOPICS
     }
 
     fn decode(&self, topic: &str, payload: &[u8]) -> Result<Option<Memory>, DecodeError> {

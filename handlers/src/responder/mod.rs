@@ -103,8 +103,7 @@ impl Handler for Responder {
     }
 
     fn topics(&self) -> &'static [&'static str] {
-        const TOPICS: &[&str] = topics::read_by(topics::RESPONDER_GROUP);
-        TOPICS
+        topics::RESPONDER_TOPICS
     }
 
     fn decode(&self, _topic: &str, payload: &[u8]) -> Result<Option<UserMessage>, DecodeError> {
