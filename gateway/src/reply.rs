@@ -31,7 +31,8 @@ impl FromStr for EventId {
     }
 }
 
-/// What a reply event says.
+/// What a reply event says: the part of a `ReplyBody` that clients are sent (all but
+/// `done`'s `token_events`), plus the `reset` the hub itself inserts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyKind {
     /// A delta of the reply text.
