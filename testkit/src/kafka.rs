@@ -24,7 +24,9 @@ use crate::Broker;
 
 /// A broker with the stack's topics and initialised handler groups.
 pub struct Kafka {
+    /// The broker process (stopped on drop).
     pub broker: Broker,
+    /// Client settings that reach it.
     pub settings: KafkaSettings,
 }
 
@@ -135,6 +137,7 @@ impl Kafka {
 /// Everything read from one topic so far.
 pub struct Watcher {
     consumer: StreamConsumer,
+    /// The records read, oldest first.
     pub seen: Vec<OwnedMessage>,
 }
 
