@@ -31,8 +31,8 @@ impl FromStr for EventId {
     }
 }
 
-/// What a reply event says: the part of a `ReplyBody` that clients are sent (all but
-/// `done`'s `token_events`), plus the `reset` the hub itself inserts.
+/// What a reply event says: a `ReplyBody` as the hub keeps it, plus the `reset` and
+/// `gap` the hub itself inserts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyKind {
     /// A delta of the reply text.
@@ -50,6 +50,8 @@ pub enum ReplyKind {
         usage: Option<Usage>,
         /// Why generation stopped.
         finish_reason: String,
+        /// How many tokens the attempt published (checked by the hub, not sent).
+        token_events: u32,
     },
     /// The reply failed.
     Error {
@@ -60,6 +62,9 @@ pub enum ReplyKind {
     },
     /// A new attempt replaces the one shown so far: discard its partial text.
     Reset,
+    /// Some of the attempt's tokens never arrived: the text shown is incomplete, and
+    /// the `done` that follows carries the whole reply.
+    Gap,
 }
 
 /// One event of a conversation's reply streams.
@@ -82,14 +87,16 @@ pub struct ReplyEvent {
 
 /// Why a `reset` is sent, for people reading the stream.
 const RESET_REASON: &str = "the reply is being generated again; discard its partial text";
+/// Why a `gap` is sent within a reply.
+const GAP_REASON: &str = "some of this reply's tokens were lost; the done event has the whole text";
 
 impl ReplyEvent {
     /// The event of a relayed reply record at `id`.
     pub fn from_response(id: EventId, response: ModelResponse) -> Self {
         let kind = match response.body {
             ReplyBody::Token { seq, delta } => ReplyKind::Token { seq, delta },
-            ReplyBody::Done { text, usage, finish_reason, .. } => {
-                ReplyKind::Done { text, usage, finish_reason }
+            ReplyBody::Done { text, usage, finish_reason, token_events } => {
+                ReplyKind::Done { text, usage, finish_reason, token_events }
             }
             ReplyBody::Error { code, message } => ReplyKind::Error { code, message },
         };
@@ -99,6 +106,11 @@ impl ReplyEvent {
     /// The `reset` that announces `next`'s attempt; it shares `next`'s id.
     pub fn reset_before(next: &ReplyEvent) -> Self {
         Self::new(next.id, next.message_id, next.conversation_id, next.attempt, ReplyKind::Reset)
+    }
+
+    /// The `gap` that warns of tokens lost before `next`; it shares `next`'s id.
+    pub fn gap_before(next: &ReplyEvent) -> Self {
+        Self::new(next.id, next.message_id, next.conversation_id, next.attempt, ReplyKind::Gap)
     }
 
     fn new(id: EventId, message_id: Uuid, conversation_id: Uuid, attempt: Uuid, kind: ReplyKind) -> Self {
@@ -117,6 +129,7 @@ impl ReplyEvent {
             ReplyKind::Done { .. } => "done",
             ReplyKind::Error { .. } => "error",
             ReplyKind::Reset => "reset",
+            ReplyKind::Gap => "gap",
         }
     }
 
@@ -138,7 +151,7 @@ impl Serialize for ReplyEvent {
                 s.serialize_field("seq", seq)?;
                 s.serialize_field("delta", delta)?;
             }
-            ReplyKind::Done { text, usage, finish_reason } => {
+            ReplyKind::Done { text, usage, finish_reason, .. } => {
                 s.serialize_field("text", text)?;
                 s.serialize_field("usage", usage)?;
                 s.serialize_field("finish_reason", finish_reason)?;
@@ -148,6 +161,7 @@ impl Serialize for ReplyEvent {
                 s.serialize_field("message", message)?;
             }
             ReplyKind::Reset => s.serialize_field("reason", RESET_REASON)?,
+            ReplyKind::Gap => s.serialize_field("reason", GAP_REASON)?,
         }
         s.end()
     }
@@ -184,6 +198,9 @@ mod tests {
         let reset = ReplyEvent::reset_before(&token);
         assert_eq!((reset.name(), reset.id), ("reset", token.id));
         assert_eq!(data(&reset), with(json!({"reason": RESET_REASON})));
+        let gap = ReplyEvent::gap_before(&token);
+        assert_eq!((gap.name(), gap.id, gap.is_final()), ("gap", token.id, false));
+        assert_eq!(data(&gap), with(json!({"reason": GAP_REASON})));
 
         let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 };
         let mut done = event(ReplyBody::Done {

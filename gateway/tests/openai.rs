@@ -14,7 +14,7 @@ use async_openai::{
 };
 use common::*;
 use futures::StreamExt;
-use platform::events::UserMessage;
+use platform::events::{ReplyBody, UserMessage};
 use testkit::kafka::Kafka;
 use uuid::Uuid;
 
@@ -104,4 +104,60 @@ async fn the_facade_refuses_requests_it_cannot_answer() {
     assert_eq!(post(empty, Some(token("alice"))).await.unwrap().status(), 422);
     let ok_body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     assert_eq!(post(ok_body, None).await.unwrap().status(), 401);
+}
+
+/// A reply whose token `seq` 1 never arrived: "a", "c", then `done` with "abc".
+fn reply_with_a_lost_token() -> Vec<ReplyBody> {
+    vec![
+        ReplyBody::Token { seq: 0, delta: "a".into() },
+        ReplyBody::Token { seq: 2, delta: "c".into() },
+        ReplyBody::Done { text: "abc".into(), usage: None, finish_reason: "stop".into(), token_events: 3 },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lost_tokens_end_a_stream_with_an_error_and_never_with_stop() {
+    let kafka = Kafka::start(2).await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let body =
+        serde_json::json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let response = reqwest::Client::new()
+        .post(gateway.url("/v1/chat/completions"))
+        .bearer_auth(token("alice"))
+        .json(&body)
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(response.status(), 200);
+    let message = kafka.first_user_message("responder-gap").await;
+    kafka.reply(&message, Uuid::new_v4(), reply_with_a_lost_token()).await;
+    let text = tokio::time::timeout(Duration::from_secs(20), response.text())
+        .await
+        .expect("the stream ends")
+        .expect("a body");
+    let chunks: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("JSON chunk"))
+        .collect();
+    let last = chunks.last().expect("chunks");
+    assert_eq!(last["error"]["code"], "reply_failed", "the stream's end: {last}");
+    assert!(
+        chunks.iter().all(|c| c["choices"][0]["finish_reason"].is_null()),
+        "a finish_reason for text the client did not get whole: {text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_streaming_lost_tokens_do_not_matter_the_done_text_is_the_answer() {
+    let kafka = Kafka::start(2).await;
+    let gateway = Gateway::start(&kafka, &[]);
+    let openai = client(&gateway, "alice");
+    let pending = tokio::spawn(async move { openai.chat().create(request(false)).await });
+    let message = kafka.first_user_message("responder-gap").await;
+    kafka.reply(&message, Uuid::new_v4(), reply_with_a_lost_token()).await;
+    let answer = pending.await.expect("task").expect("a chat completion");
+    assert_eq!(answer.choices[0].message.content.as_deref(), Some("abc"));
 }

@@ -152,8 +152,8 @@ impl Hub {
         conv.last_event = Instant::now();
         let event = ReplyEvent::from_response(id, response);
         let verdict = conv.messages.entry(event.message_id).or_default().admit(event.attempt, &event.kind);
-        let (reset, first, last) = match verdict {
-            Verdict::Show { reset, first, last } => (reset, first, last),
+        let (reset, gap, first, last) = match verdict {
+            Verdict::Show { reset, gap, first, last } => (reset, gap, first, last),
             Verdict::Drop(Dropped::Duplicate) => {
                 metrics::counter!("gateway_duplicate_tokens_dropped_total").increment(1);
                 return 0;
@@ -166,8 +166,13 @@ impl Hub {
         if reset {
             conv.push(ReplyEvent::reset_before(&event), self.limits.replay_events);
         }
+        if gap {
+            metrics::counter!("gateway_token_gaps_total").increment(1);
+            tracing::warn!(message_id = %event.message_id, attempt = %event.attempt, "reply tokens missing; the client is told with a gap");
+            conv.push(ReplyEvent::gap_before(&event), self.limits.replay_events);
+        }
         conv.push(event, self.limits.replay_events);
-        1 + usize::from(reset)
+        1 + usize::from(reset) + usize::from(gap)
     }
 
     /// Opens a stream of `conversation_id` for `user_id`, resuming after `last_event_id`.
@@ -257,16 +262,16 @@ mod tests {
         ModelResponse::for_message(msg, attempt, ReplyBody::Token { seq, delta: format!("t{seq} ") })
     }
 
+    /// The end of an attempt that published two tokens.
     fn done(msg: &UserMessage, attempt: Uuid) -> ModelResponse {
+        done_after(msg, attempt, 2)
+    }
+
+    fn done_after(msg: &UserMessage, attempt: Uuid, token_events: u32) -> ModelResponse {
         ModelResponse::for_message(
             msg,
             attempt,
-            ReplyBody::Done {
-                text: "full".into(),
-                usage: None,
-                finish_reason: "stop".into(),
-                token_events: 2,
-            },
+            ReplyBody::Done { text: "full".into(), usage: None, finish_reason: "stop".into(), token_events },
         )
     }
 
@@ -346,15 +351,19 @@ mod tests {
     }
 
     #[test]
-    fn a_superseded_attempt_that_finishes_first_wins() {
+    fn a_superseded_attempt_that_finishes_first_wins_after_a_reset() {
         let hub = Hub::new(HubLimits::default());
         let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let mut log = Log { next: 0 };
         hub.publish(log.id(), token(&msg, a, 0));
         hub.publish(log.id(), token(&msg, b, 0));
-        assert_eq!(hub.publish(log.id(), done(&msg, a)), 1);
+        let mut sub = hub.subscribe(msg.conversation_id, "alice", None).unwrap();
+        assert_eq!(hub.publish(log.id(), done(&msg, a)), 2);
         assert_eq!(hub.publish(log.id(), done(&msg, b)), 0);
+        let reset = sub.live.try_recv().unwrap();
+        let end = sub.live.try_recv().unwrap();
+        assert_eq!((reset.name(), reset.attempt, end.name(), end.attempt), ("reset", a, "done", a));
     }
 
     #[test]
@@ -380,12 +389,31 @@ mod tests {
         assert_eq!(hub.publish(log.id(), token(&msg, a, 1)), 1);
         assert_eq!(hub.publish(log.id(), token(&msg, a, 1)), 0, "a retried write's copy");
         assert_eq!(hub.publish(log.id(), token(&msg, a, 2)), 1);
-        hub.publish(log.id(), done(&msg, a));
+        hub.publish(log.id(), done_after(&msg, a, 3));
         let mut deltas = Vec::new();
         while let Ok(event) = sub.live.try_recv() {
             deltas.push(event.name());
         }
         assert_eq!(deltas, ["token", "token", "token", "done"]);
+    }
+
+    #[test]
+    fn tokens_that_never_arrived_are_announced_by_a_gap() {
+        let hub = Hub::new(HubLimits::default());
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let a = Uuid::new_v4();
+        let mut log = Log { next: 0 };
+        let mut sub = hub.subscribe(msg.conversation_id, "alice", None).unwrap();
+        hub.publish(log.id(), token(&msg, a, 0));
+        assert_eq!(hub.publish(log.id(), token(&msg, a, 2)), 2, "seq 1 is missing");
+        assert_eq!(hub.publish(log.id(), done_after(&msg, a, 4)), 2, "seq 3 is missing");
+        let mut got = Vec::new();
+        while let Ok(event) = sub.live.try_recv() {
+            got.push(event);
+        }
+        assert_eq!(kinds(&got), ["token", "gap", "token", "gap", "done"]);
+        assert!(got.iter().all(|e| e.message_id == msg.message_id && e.attempt == a));
+        assert_eq!(got[1].id, got[2].id, "a gap shares the id of the event it precedes");
     }
 
     #[test]

@@ -107,7 +107,8 @@ pub async fn chat_completions(
         let outcome = tokio::time::timeout(REPLY_TIMEOUT, async {
             while let Some(reply) = replies.next().await {
                 match Step::of(&reply) {
-                    Step::Delta(_) => {}
+                    // The whole text comes with `done`.
+                    Step::Delta(_) | Step::Gap => {}
                     Step::Done { text, finish_reason, usage } => {
                         return Ok(json!({
                             "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -140,9 +141,14 @@ pub async fn chat_completions(
         Event::default().data(c.to_string())
     });
     let first = chunk(json!({"role": "assistant", "content": ""}), None, None);
-    // Ends right after the final step, without waiting for another reply event.
+    let failed = |reason: &str| {
+        let error = json!({"error": {"message": reason, "type": "server_error", "code": "reply_failed"}});
+        Event::default().data(error.to_string())
+    };
+    // Ends right after the final step, without waiting for another reply event. What
+    // was streamed is kept: a client gets exactly the `done` text, or an error.
     let replies = Box::pin(replies.take_until(tokio::time::sleep(REPLY_TIMEOUT)));
-    let body = stream::unfold((replies, false), move |(mut replies, ended)| {
+    let body = stream::unfold((replies, String::new(), false), move |(mut replies, mut sent, ended)| {
         let chunk = chunk.clone();
         async move {
             if ended {
@@ -150,17 +156,21 @@ pub async fn chat_completions(
             }
             let reply = replies.next().await?;
             let (event, end) = match Step::of(&reply) {
-                Step::Delta(delta) => (chunk(json!({"content": delta}), None, None), false),
+                Step::Delta(delta) => {
+                    sent.push_str(delta);
+                    (chunk(json!({"content": delta}), None, None), false)
+                }
+                Step::Done { text, .. } if text != sent => {
+                    metrics::counter!("gateway_openai_mismatched_streams_total").increment(1);
+                    (failed("the streamed text does not match the reply; retry"), true)
+                }
                 Step::Done { finish_reason, usage, .. } => {
                     (chunk(json!({}), Some(finish_reason), Some(usage)), true)
                 }
-                Step::Failed(reason) => {
-                    let error =
-                        json!({"error": {"message": reason, "type": "server_error", "code": "reply_failed"}});
-                    (Event::default().data(error.to_string()), true)
-                }
+                Step::Gap => (failed("some of the reply's tokens were lost in transit; retry"), true),
+                Step::Failed(reason) => (failed(reason), true),
             };
-            Some((event, (replies, end)))
+            Some((event, (replies, sent, end)))
         }
     });
     let events = stream::once(futures::future::ready(first))
@@ -173,7 +183,13 @@ pub async fn chat_completions(
 /// What a reply event means for an OpenAI client.
 enum Step<'a> {
     Delta(&'a str),
-    Done { text: &'a str, finish_reason: &'a str, usage: Usage },
+    Done {
+        text: &'a str,
+        finish_reason: &'a str,
+        usage: Usage,
+    },
+    /// Tokens were lost: the deltas do not add up to the reply.
+    Gap,
     Failed(&'a str),
 }
 
@@ -182,12 +198,13 @@ impl<'a> Step<'a> {
         match &reply.kind {
             ReplyKind::Token { delta, .. } => Self::Delta(delta),
             // A reply without counts reports zeros, as OpenAI clients expect a usage object.
-            ReplyKind::Done { text, finish_reason, usage } => {
+            ReplyKind::Done { text, finish_reason, usage, .. } => {
                 Self::Done { text, finish_reason, usage: usage.unwrap_or_default() }
             }
             ReplyKind::Error { message, .. } => Self::Failed(message),
             // Tokens already sent cannot be taken back from an OpenAI client.
             ReplyKind::Reset => Self::Failed("the reply was interrupted and is being regenerated; retry"),
+            ReplyKind::Gap => Self::Gap,
         }
     }
 }
