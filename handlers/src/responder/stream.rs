@@ -104,6 +104,11 @@ pub async fn reply(
         return Err(HandlerError::Transient(anyhow::anyhow!("the LLM stream ended without a finish reason")));
     };
     metrics::histogram!("responder_llm_reply_seconds").record(started.elapsed().as_secs_f64());
+    // `done` only once every token is stored: in a broker outage longer than the produce
+    // timeout, librdkafka expires the tokens queued first and writes later ones after it
+    // (1,2,3,4,5 can be stored as 1,4,5). A `done` after such a gap would end the
+    // message with text the client was never shown; failing here retries the attempt.
+    ctx.flush().await?;
     ctx.publish(&event(ReplyBody::Done { text, usage, finish_reason, token_events: seq })).await
 }
 
