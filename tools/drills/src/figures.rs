@@ -32,8 +32,9 @@ impl Figures {
     /// Adds the message counts of a load-test run, prefixed with `prefix` when several
     /// runs report together: sent, accepted, rejected, failed (no HTTP answer), answered,
     /// errored, lost (accepted with no `done`/`error`), duplicated (a second end seen),
-    /// retried (a new attempt shown), mixed (a `done` whose text is not the tokens shown)
-    /// and the median time from POST to `done`.
+    /// retried (a new attempt shown), mixed (a `done` whose text is not the tokens shown,
+    /// unannounced), gaps (`gap` events: the client was told events were lost) and the
+    /// median time from POST to `done`.
     pub fn load(&mut self, prefix: &str, report: &Report) -> &mut Self {
         let c = &report.counts;
         let name = |n: &str| if prefix.is_empty() { n.to_string() } else { format!("{prefix}.{n}") };
@@ -47,6 +48,7 @@ impl Figures {
             .add(&name("duplicated"), report.streams.duplicate_ends)
             .add(&name("retried"), c.retried)
             .add(&name("mixed"), c.text_mismatches)
+            .add(&name("gaps"), report.streams.gaps)
             .add(&name("reply_p50"), format!("{:.0}ms", report.latency.reply.p50_ms.unwrap_or(0.0)))
     }
 

@@ -71,7 +71,8 @@ pub struct MessageRecord {
     pub attempts: u32,
     /// A `gap` hit its conversation while the reply was in flight: tokens may be missing.
     pub gap: bool,
-    /// The `done` text differs from the concatenated tokens of the attempt shown (no gap).
+    /// Tokens were shown since the last `reset` and the `done` text differs from them,
+    /// with no `gap` to say so: what the client was shown was not the reply.
     pub text_mismatch: bool,
     attempt: Option<Uuid>,
     text: String,
@@ -139,9 +140,8 @@ impl MessageRecord {
             self.text.clear();
             return Applied::Ok;
         }
-        let same_attempt = event.attempt.is_none() || self.attempt.is_none() || event.attempt == self.attempt;
-        // A superseded attempt may still finish first (the gateway shows its `done`);
-        // only tokens switch the attempt shown.
+        // A superseded attempt may still finish first (the gateway shows its `done`,
+        // after a `reset`); only tokens and resets switch the attempt shown.
         if let (Some(attempt), EventKind::Token { .. }) = (event.attempt, &event.kind) {
             match self.attempt {
                 None => {
@@ -169,7 +169,9 @@ impl MessageRecord {
             EventKind::Done { text } => {
                 self.attempts = self.attempts.max(1);
                 self.finished = Some((at, ReplyEnd::Done));
-                self.text_mismatch = same_attempt && !self.gap && self.text != *text;
+                // Whichever attempt the `done` is of: its text replaces what is shown,
+                // so shown tokens that differ must have been announced.
+                self.text_mismatch = !self.gap && !self.text.is_empty() && self.text != *text;
                 self.text = String::new();
             }
             EventKind::Error { code } => {
@@ -511,20 +513,29 @@ mod tests {
     }
 
     #[test]
-    fn a_superseded_attempt_may_finish_first_without_a_mismatch() {
-        // The gateway shows the first done of any attempt, even a superseded one.
-        let t = tracker(1);
-        let (id, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        t.sent(0);
-        t.accepted(0, id);
-        t.event(token(id, a, "first "));
-        t.event(reset(id, b));
-        t.event(token(id, b, "sec"));
-        t.event(done(id, a, "first attempt, whole"));
+    fn a_superseded_attempt_may_finish_first_after_a_reset_but_not_without_one() {
+        // The gateway shows the first done of any attempt, even a superseded one, after a
+        // reset that clears the newer attempt's tokens.
+        let t = tracker(2);
+        let (m0, m1, a, b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for (i, id) in [m0, m1].into_iter().enumerate() {
+            t.sent(i);
+            t.accepted(i, id);
+        }
+        for (id, announced) in [(m0, true), (m1, false)] {
+            t.event(token(id, a, "first "));
+            t.event(reset(id, b));
+            t.event(token(id, b, "sec"));
+            if announced {
+                t.event(reset(id, a));
+            }
+            t.event(done(id, a, "first attempt, whole"));
+        }
         let (records, _, _) = t.finish();
         assert_eq!(records[0].finished.as_ref().map(|f| f.1.clone()), Some(ReplyEnd::Done));
-        assert_eq!(records[0].attempts, 2);
+        assert_eq!(records[0].attempts, 3);
         assert!(!records[0].text_mismatch);
+        assert!(records[1].text_mismatch, "another attempt's done over the tokens shown, unannounced");
     }
 
     #[test]

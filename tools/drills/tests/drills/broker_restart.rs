@@ -92,6 +92,7 @@ async fn a_broker_outage_gets_503s_never_a_lost_202_and_everything_recovers() {
 
     let copies_dropped =
         stack.gateways[0].metric("gateway_duplicate_tokens_dropped_total").await.expect("gateway metrics");
+    let token_gaps = stack.gateways[0].metric("gateway_token_gaps_total").await.expect("gateway metrics");
     let c = &report.counts;
     let mut figures = Figures::new("broker-restart");
     figures
@@ -104,7 +105,8 @@ async fn a_broker_outage_gets_503s_never_a_lost_202_and_everything_recovers() {
         .add("ready_probes_503", unready)
         .secs("chat_recovery", chat_recovery.unwrap_or(f64::NAN))
         .secs("ready_recovery", ready_recovery.unwrap_or(f64::NAN))
-        .add("token_copies_dropped", copies_dropped);
+        .add("token_copies_dropped", copies_dropped)
+        .add("token_gaps", token_gaps);
     figures.print();
     assert!(during.len() >= 5, "probed while the broker was down: {}", figures.line());
     assert!(readies.len() >= 5, "/ready probed while the broker was down: {}", figures.line());
