@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr, sync::OnceLock};
 
-use platform::events::{ModelResponse, ReplyBody, Usage};
+use platform::events::{ModelResponse, ReplyBody};
 use serde::{ser::SerializeStruct, Serialize, Serializer};
 use uuid::Uuid;
 
@@ -31,35 +31,11 @@ impl FromStr for EventId {
     }
 }
 
-/// What a reply event says: a `ReplyBody` as the hub keeps it, plus the `reset` and
-/// `gap` the hub itself inserts.
+/// What a reply event says: a relayed reply body, or a notice the hub inserts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyKind {
-    /// A delta of the reply text.
-    Token {
-        /// Position of the delta within its attempt.
-        seq: u32,
-        /// The text to append.
-        delta: String,
-    },
-    /// The reply is complete.
-    Done {
-        /// The whole reply text.
-        text: String,
-        /// Token counts, when the model reported them.
-        usage: Option<Usage>,
-        /// Why generation stopped.
-        finish_reason: String,
-        /// How many tokens the attempt published (checked by the hub, not sent).
-        token_events: u32,
-    },
-    /// The reply failed.
-    Error {
-        /// A stable machine-readable code.
-        code: String,
-        /// A human-readable explanation.
-        message: String,
-    },
+    /// A `token`, `done` or `error` from `model_responses`.
+    Reply(ReplyBody),
     /// A new attempt replaces the one shown so far: discard its partial text.
     Reset,
     /// Some of the attempt's tokens never arrived: the text shown is incomplete, and
@@ -93,13 +69,7 @@ const GAP_REASON: &str = "some of this reply's tokens were lost; the done event 
 impl ReplyEvent {
     /// The event of a relayed reply record at `id`.
     pub fn from_response(id: EventId, response: ModelResponse) -> Self {
-        let kind = match response.body {
-            ReplyBody::Token { seq, delta } => ReplyKind::Token { seq, delta },
-            ReplyBody::Done { text, usage, finish_reason, token_events } => {
-                ReplyKind::Done { text, usage, finish_reason, token_events }
-            }
-            ReplyBody::Error { code, message } => ReplyKind::Error { code, message },
-        };
+        let kind = ReplyKind::Reply(response.body);
         Self::new(id, response.message_id, response.conversation_id, response.attempt, kind)
     }
 
@@ -119,15 +89,15 @@ impl ReplyEvent {
 
     /// True for the event that ends its message (`done` or `error`).
     pub fn is_final(&self) -> bool {
-        matches!(self.kind, ReplyKind::Done { .. } | ReplyKind::Error { .. })
+        matches!(self.kind, ReplyKind::Reply(ReplyBody::Done { .. } | ReplyBody::Error { .. }))
     }
 
     /// The SSE `event` name.
     pub fn name(&self) -> &'static str {
         match self.kind {
-            ReplyKind::Token { .. } => "token",
-            ReplyKind::Done { .. } => "done",
-            ReplyKind::Error { .. } => "error",
+            ReplyKind::Reply(ReplyBody::Token { .. }) => "token",
+            ReplyKind::Reply(ReplyBody::Done { .. }) => "done",
+            ReplyKind::Reply(ReplyBody::Error { .. }) => "error",
             ReplyKind::Reset => "reset",
             ReplyKind::Gap => "gap",
         }
@@ -147,16 +117,16 @@ impl Serialize for ReplyEvent {
         s.serialize_field("conversation_id", &self.conversation_id)?;
         s.serialize_field("attempt", &self.attempt)?;
         match &self.kind {
-            ReplyKind::Token { seq, delta } => {
+            ReplyKind::Reply(ReplyBody::Token { seq, delta }) => {
                 s.serialize_field("seq", seq)?;
                 s.serialize_field("delta", delta)?;
             }
-            ReplyKind::Done { text, usage, finish_reason, .. } => {
+            ReplyKind::Reply(ReplyBody::Done { text, usage, finish_reason, .. }) => {
                 s.serialize_field("text", text)?;
                 s.serialize_field("usage", usage)?;
                 s.serialize_field("finish_reason", finish_reason)?;
             }
-            ReplyKind::Error { code, message } => {
+            ReplyKind::Reply(ReplyBody::Error { code, message }) => {
                 s.serialize_field("code", code)?;
                 s.serialize_field("message", message)?;
             }
@@ -170,7 +140,7 @@ impl Serialize for ReplyEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use platform::events::UserMessage;
+    use platform::events::{Usage, UserMessage};
     use serde_json::{json, Value};
 
     fn event(body: ReplyBody) -> ReplyEvent {

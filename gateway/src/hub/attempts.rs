@@ -12,6 +12,8 @@
 
 use uuid::Uuid;
 
+use platform::events::ReplyBody;
+
 use crate::reply::ReplyKind;
 
 /// What to do with one reply event of a message.
@@ -61,7 +63,7 @@ impl Attempts {
         if self.finished {
             return Verdict::Drop(Dropped::Finished);
         }
-        let last = matches!(kind, ReplyKind::Done { .. } | ReplyKind::Error { .. });
+        let last = matches!(kind, ReplyKind::Reply(ReplyBody::Done { .. } | ReplyBody::Error { .. }));
         let first = self.current.is_none();
         let mut reset = false;
         match self.current {
@@ -84,7 +86,7 @@ impl Attempts {
         }
         let shown = self.current == Some(attempt);
         let gap = match kind {
-            ReplyKind::Token { seq, .. } => {
+            ReplyKind::Reply(ReplyBody::Token { seq, .. }) => {
                 if *seq < self.next_seq {
                     return Verdict::Drop(Dropped::Duplicate);
                 }
@@ -93,7 +95,7 @@ impl Attempts {
                 skipped
             }
             // Tokens announced by an earlier `gap` are counted in `next_seq` already.
-            ReplyKind::Done { token_events, .. } => shown && *token_events != self.next_seq,
+            ReplyKind::Reply(ReplyBody::Done { token_events, .. }) => shown && *token_events != self.next_seq,
             _ => false,
         };
         self.finished = last;
@@ -111,11 +113,16 @@ mod tests {
     use super::*;
 
     fn token(seq: u32) -> ReplyKind {
-        ReplyKind::Token { seq, delta: String::new() }
+        ReplyKind::Reply(ReplyBody::Token { seq, delta: String::new() })
     }
 
     fn done(token_events: u32) -> ReplyKind {
-        ReplyKind::Done { text: String::new(), usage: None, finish_reason: "stop".into(), token_events }
+        ReplyKind::Reply(ReplyBody::Done {
+            text: String::new(),
+            usage: None,
+            finish_reason: "stop".into(),
+            token_events,
+        })
     }
 
     const SHOW: Verdict = Verdict::Show { reset: false, gap: false, first: false, last: false };
@@ -203,7 +210,8 @@ mod tests {
     #[test]
     fn an_error_ends_the_message_like_done() {
         let (mut m, a) = (Attempts::default(), Uuid::new_v4());
-        let error = ReplyKind::Error { code: "llm_unavailable".into(), message: String::new() };
+        let error =
+            ReplyKind::Reply(ReplyBody::Error { code: "llm_unavailable".into(), message: String::new() });
         assert_eq!(m.admit(a, &error), show(false, false, true, true));
         assert_eq!(m.admit(Uuid::new_v4(), &token(0)), Verdict::Drop(Dropped::Finished));
     }

@@ -19,7 +19,7 @@ use axum::{
     Json,
 };
 use futures::{stream, StreamExt};
-use platform::events::Usage;
+use platform::events::{ReplyBody, Usage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -196,12 +196,12 @@ enum Step<'a> {
 impl<'a> Step<'a> {
     fn of(reply: &'a ReplyEvent) -> Self {
         match &reply.kind {
-            ReplyKind::Token { delta, .. } => Self::Delta(delta),
+            ReplyKind::Reply(ReplyBody::Token { delta, .. }) => Self::Delta(delta),
             // A reply without counts reports zeros, as OpenAI clients expect a usage object.
-            ReplyKind::Done { text, finish_reason, usage, .. } => {
+            ReplyKind::Reply(ReplyBody::Done { text, finish_reason, usage, .. }) => {
                 Self::Done { text, finish_reason, usage: usage.unwrap_or_default() }
             }
-            ReplyKind::Error { message, .. } => Self::Failed(message),
+            ReplyKind::Reply(ReplyBody::Error { message, .. }) => Self::Failed(message),
             // Tokens already sent cannot be taken back from an OpenAI client.
             ReplyKind::Reset => Self::Failed("the reply was interrupted and is being regenerated; retry"),
             ReplyKind::Gap => Self::Gap,
