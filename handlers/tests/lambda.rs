@@ -101,6 +101,7 @@ async fn the_lambda_entry_answers_a_batch_through_the_runtime_api() {
         ("AWS_LAMBDA_FUNCTION_NAME", "memory".into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".into()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("HANDLER_MAX_RECORD_BYTES", "2048".into()),
     ] {
         env.insert(k.into(), v);
     }
@@ -111,6 +112,7 @@ async fn the_lambda_entry_answers_a_batch_through_the_runtime_api() {
         {"topic": topics::USER_MESSAGES, "key": msg.conversation_id.to_string(), "value": msg,
          "headers": {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}},
         {"topic": topics::USER_MESSAGES, "key": "x", "value": {"v": 1, "nonsense": true}},
+        {"topic": topics::USER_MESSAGES, "key": "y", "value": {"v": 1, "text": "x".repeat(3000)}},
     ]});
     event_tx.send(("req-1".into(), http_event(&batch.to_string()))).await.expect("queue event");
     let (id, response) = tokio::time::timeout(Duration::from_secs(60), response_rx.recv())
@@ -122,13 +124,19 @@ async fn the_lambda_entry_answers_a_batch_through_the_runtime_api() {
     assert_eq!(response["isBase64Encoded"], false, "{response}");
     let body: Value = serde_json::from_str(response["body"].as_str().expect("body text")).expect("JSON body");
     let results = body["results"].as_array().expect("results");
-    assert_eq!(results.len(), 2, "{body}");
+    assert_eq!(results.len(), 3, "{body}");
     assert_eq!(results[0]["status"], "ok", "{body}");
     let output = &results[0]["outputs"][0];
     assert_eq!(output["topic"], topics::MEMORY_EVENTS);
     assert_eq!(output["value"]["point_id"], memory_point_id(msg.message_id, Role::User).to_string());
     assert_eq!(results[1]["status"], "dead_letter", "{body}");
     assert!(results[1]["error"].as_str().expect("error").contains("cannot decode"), "{body}");
+    // Over HANDLER_MAX_RECORD_BYTES: refused undecoded, as the Kafka loop refuses it.
+    assert_eq!(results[2]["status"], "dead_letter", "{body}");
+    assert!(
+        results[2]["error"].as_str().expect("error").contains("over HANDLER_MAX_RECORD_BYTES (2048)"),
+        "{body}"
+    );
 
     // A malformed batch is the caller's error, said plainly.
     event_tx.send(("req-2".into(), http_event("{\"records\": 5}"))).await.expect("queue event");

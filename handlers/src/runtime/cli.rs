@@ -14,7 +14,7 @@ use super::{
     consumer::{self, RunOptions},
     handler::Handler,
     invoke, server,
-    settings::{Retrying, RuntimeSettings},
+    settings::{RecordLimit, Retrying, RuntimeSettings},
     status::Status,
 };
 
@@ -131,12 +131,12 @@ async fn lambda<A: App>(env: &Env) -> anyhow::Result<()> {
     ] {
         env.required(name, "set by the Lambda runtime (or an emulator) in lambda mode")?;
     }
-    let retrying = Retrying::from_env(env)?;
+    let (retrying, limit) = (Retrying::from_env(env)?, RecordLimit::from_env(env)?);
     let handler = Arc::new(A::build(A::settings(env)?).await?);
     tracing::info!("serving the invoke entry on the Lambda runtime API");
     lambda_http::run(lambda_http::service_fn(move |request| {
         let handler = handler.clone();
-        async move { Ok::<_, std::convert::Infallible>(invoke::invoke(&*handler, retrying, request).await) }
+        async move { Ok::<_, std::convert::Infallible>(invoke::invoke(&*handler, retrying, limit, request).await) }
     }))
     .await
     .map_err(|err| anyhow::anyhow!("Lambda runtime: {err}"))

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     handler::{Context, Handler, Output, Sink},
     retry::{after_failure, AfterFailure},
-    settings::Retrying,
+    settings::{RecordLimit, Retrying},
 };
 
 /// One record of an invoke batch.
@@ -73,8 +73,14 @@ pub struct InvokeResponse {
     pub results: Vec<RecordResult>,
 }
 
-/// Handles one invoke request.
-pub async fn invoke<H: Handler>(handler: &H, retrying: Retrying, request: Request) -> Response<Body> {
+/// Handles one invoke request; records over `limit` are answered `dead_letter`, as the
+/// Kafka loop dead-letters them.
+pub async fn invoke<H: Handler>(
+    handler: &H,
+    retrying: Retrying,
+    limit: RecordLimit,
+    request: Request,
+) -> Response<Body> {
     let batch: InvokeRequest = match serde_json::from_slice(request.body().as_ref()) {
         Ok(batch) => batch,
         Err(err) => {
@@ -87,17 +93,25 @@ pub async fn invoke<H: Handler>(handler: &H, retrying: Retrying, request: Reques
     };
     let mut results = Vec::with_capacity(batch.records.len());
     for record in &batch.records {
-        results.push(one(handler, retrying, record).await);
+        results.push(one(handler, retrying, limit, record).await);
     }
     json(StatusCode::OK, &InvokeResponse { results })
 }
 
-async fn one<H: Handler>(handler: &H, retrying: Retrying, record: &InvokeRecord) -> RecordResult {
+async fn one<H: Handler>(
+    handler: &H,
+    retrying: Retrying,
+    limit: RecordLimit,
+    record: &InvokeRecord,
+) -> RecordResult {
     let failed = |status, error: String| RecordResult { status, error: Some(error), outputs: Vec::new() };
     let payload = match serde_json::to_vec(&record.value) {
         Ok(p) => p,
         Err(err) => return failed(RecordStatus::DeadLetter, err.to_string()),
     };
+    if let Some(reason) = limit.refusal(payload.len()) {
+        return failed(RecordStatus::DeadLetter, reason);
+    }
     let input = match handler.decode(&record.topic, &payload) {
         Ok(Some(input)) => input,
         Ok(None) => return RecordResult { status: RecordStatus::Ok, error: None, outputs: Vec::new() },

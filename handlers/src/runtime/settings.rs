@@ -21,10 +21,27 @@ pub struct RuntimeSettings {
     pub retrying: Retrying,
     /// How long SIGTERM waits for records in flight.
     pub shutdown_grace: Duration,
-    /// Records larger than this go to the DLQ undecoded: no producer of ours writes one
-    /// (the gateway caps a message at `MAX_MESSAGE_BYTES`), and a huge one would reach
-    /// the embedder and the LLM.
-    pub max_record_bytes: usize,
+    /// The largest record handled.
+    pub record_limit: RecordLimit,
+}
+
+/// `HANDLER_MAX_RECORD_BYTES`: larger records are dead-lettered undecoded, from Kafka and
+/// through the invoke entry alike. No producer of ours writes one (the gateway caps a
+/// message at `MAX_MESSAGE_BYTES`), and a huge one would reach the embedder and the LLM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimit(usize);
+
+impl RecordLimit {
+    /// Reads `HANDLER_MAX_RECORD_BYTES` (default 256 KiB).
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        let bytes = env.parse_or("HANDLER_MAX_RECORD_BYTES", 256 * 1024)?;
+        Ok(Self(at_least_one("HANDLER_MAX_RECORD_BYTES", bytes)?))
+    }
+
+    /// Why a record value of `len` bytes is refused, or `None` when it is within the limit.
+    pub fn refusal(self, len: usize) -> Option<String> {
+        (len > self.0).then(|| format!("record of {len} bytes is over HANDLER_MAX_RECORD_BYTES ({})", self.0))
+    }
 }
 
 /// How often and how patiently a failing record is retried.
@@ -91,10 +108,7 @@ impl RuntimeSettings {
             )?,
             retrying: Retrying::from_env(env)?,
             shutdown_grace: Duration::from_secs(env.parse_or("HANDLER_SHUTDOWN_GRACE_SECS", 20)?),
-            max_record_bytes: at_least_one(
-                "HANDLER_MAX_RECORD_BYTES",
-                env.parse_or("HANDLER_MAX_RECORD_BYTES", 256 * 1024)?,
-            )?,
+            record_limit: RecordLimit::from_env(env)?,
         })
     }
 }
@@ -122,6 +136,19 @@ mod tests {
         let env = Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "k:9092"), ("HANDLER_CONCURRENCY", "0")]);
         let err = RuntimeSettings::from_env(&env, "responder", 8).expect_err("0 is rejected");
         assert!(err.to_string().contains("HANDLER_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn records_over_the_limit_are_refused_with_the_reason() {
+        let limit =
+            RecordLimit::from_env(&Env::from_pairs([("HANDLER_MAX_RECORD_BYTES", "10")])).expect("valid");
+        assert_eq!(limit.refusal(10), None);
+        assert_eq!(
+            limit.refusal(11).as_deref(),
+            Some("record of 11 bytes is over HANDLER_MAX_RECORD_BYTES (10)")
+        );
+        let zero = RecordLimit::from_env(&Env::from_pairs([("HANDLER_MAX_RECORD_BYTES", "0")]));
+        assert!(zero.expect_err("0 is rejected").to_string().contains("HANDLER_MAX_RECORD_BYTES"));
     }
 
     #[test]

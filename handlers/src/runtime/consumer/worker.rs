@@ -57,15 +57,12 @@ impl<H: Handler> Worker<H> {
     ) -> Option<(Vec<u8>, Job<H::Input>)> {
         let partition = (record.topic().to_string(), record.partition());
         let generation = lock(tracker).start(&partition, record.offset());
-        let max_record_bytes = self.processor.settings.max_record_bytes;
-        let work = match record.payload() {
-            None => Work::DeadLetter("record has no value".into()),
-            Some(payload) if payload.len() > max_record_bytes => Work::DeadLetter(format!(
-                "record of {} bytes is over HANDLER_MAX_RECORD_BYTES ({})",
-                payload.len(),
-                max_record_bytes
-            )),
-            Some(payload) => match self.processor.handler.decode(record.topic(), payload) {
+        let limit = self.processor.settings.record_limit;
+        let too_large = record.payload().and_then(|payload| limit.refusal(payload.len()));
+        let work = match (record.payload(), too_large) {
+            (None, _) => Work::DeadLetter("record has no value".into()),
+            (Some(_), Some(reason)) => Work::DeadLetter(reason),
+            (Some(payload), None) => match self.processor.handler.decode(record.topic(), payload) {
                 Ok(Some(input)) => Work::Handle(input),
                 Ok(None) => {
                     lock(tracker).finish(&partition, record.offset(), generation);
