@@ -44,7 +44,7 @@ pub async fn run(state: AppState, mut shutdown: watch::Receiver<bool>) {
         };
         match received {
             Ok(record) => {
-                let id = EventId { partition: record.partition(), offset: record.offset() };
+                let id = EventId::record(record.partition(), record.offset());
                 match record.payload().map(decode::<ModelResponse>) {
                     Some(Ok(response)) => {
                         metrics::counter!("gateway_relay_events_total").increment(1);

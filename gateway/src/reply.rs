@@ -8,26 +8,59 @@ use serde::{ser::SerializeStruct, Serialize, Serializer};
 use uuid::Uuid;
 
 /// Position of an event in `model_responses`: the SSE `id`, the same on every replica
-/// because every replica reads the same log.
+/// because every replica reads the same log. A record's id is `partition-offset`; a
+/// notice the hub puts before that record (a `reset`, a `gap`) is `partition-offset-n`
+/// and sorts before it, so a client that got the notice but not the record resumes with
+/// the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventId {
     /// Kafka partition.
     pub partition: i32,
     /// Offset within the partition.
     pub offset: i64,
+    /// Which notice before the record at `offset` this is; `None` for the record.
+    pub notice: Option<u8>,
+}
+
+impl EventId {
+    /// The id of the record at `offset` in `partition`.
+    pub fn record(partition: i32, offset: i64) -> Self {
+        Self { partition, offset, notice: None }
+    }
+
+    /// The id of notice `n` before this record.
+    pub fn notice(self, n: u8) -> Self {
+        Self { notice: Some(n), ..self }
+    }
+
+    /// True when this event comes after `last` in its partition's order (another
+    /// partition's events are unordered against it, so they count as after).
+    pub fn is_after(&self, last: &EventId) -> bool {
+        let position = |id: &EventId| (id.offset, id.notice.map_or(u16::MAX, u16::from));
+        self.partition != last.partition || position(self) > position(last)
+    }
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.partition, self.offset)
+        match self.notice {
+            None => write!(f, "{}-{}", self.partition, self.offset),
+            Some(n) => write!(f, "{}-{}-{n}", self.partition, self.offset),
+        }
     }
 }
 
 impl FromStr for EventId {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        let (p, o) = s.trim().split_once('-').ok_or(())?;
-        Ok(Self { partition: p.parse().map_err(|_| ())?, offset: o.parse().map_err(|_| ())? })
+        let mut parts = s.trim().split('-');
+        let (Some(p), Some(o)) = (parts.next(), parts.next()) else { return Err(()) };
+        let record = Self::record(p.parse().map_err(|_| ())?, o.parse().map_err(|_| ())?);
+        match (parts.next(), parts.next()) {
+            (None, _) => Ok(record),
+            (Some(n), None) => Ok(record.notice(n.parse().map_err(|_| ())?)),
+            (Some(_), Some(_)) => Err(()),
+        }
     }
 }
 
@@ -73,14 +106,14 @@ impl ReplyEvent {
         Self::new(id, response.message_id, response.conversation_id, response.attempt, kind)
     }
 
-    /// The `reset` that announces `next`'s attempt; it shares `next`'s id.
+    /// The `reset` that announces `next`'s attempt: notice 0 before `next`.
     pub fn reset_before(next: &ReplyEvent) -> Self {
-        Self::new(next.id, next.message_id, next.conversation_id, next.attempt, ReplyKind::Reset)
+        Self::new(next.id.notice(0), next.message_id, next.conversation_id, next.attempt, ReplyKind::Reset)
     }
 
-    /// The `gap` that warns of tokens lost before `next`; it shares `next`'s id.
+    /// The `gap` that warns of tokens lost before `next`: notice 1, after any `reset`.
     pub fn gap_before(next: &ReplyEvent) -> Self {
-        Self::new(next.id, next.message_id, next.conversation_id, next.attempt, ReplyKind::Gap)
+        Self::new(next.id.notice(1), next.message_id, next.conversation_id, next.attempt, ReplyKind::Gap)
     }
 
     fn new(id: EventId, message_id: Uuid, conversation_id: Uuid, attempt: Uuid, kind: ReplyKind) -> Self {
@@ -146,7 +179,7 @@ mod tests {
     fn event(body: ReplyBody) -> ReplyEvent {
         let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
         let response = ModelResponse::for_message(&msg, Uuid::new_v4(), body);
-        ReplyEvent::from_response(EventId { partition: 1, offset: 7 }, response)
+        ReplyEvent::from_response(EventId::record(1, 7), response)
     }
 
     fn data(e: &ReplyEvent) -> Value {
@@ -166,10 +199,10 @@ mod tests {
         assert_eq!((token.name(), data(&token)), ("token", with(json!({"seq": 3, "delta": "hi \"there\""}))));
 
         let reset = ReplyEvent::reset_before(&token);
-        assert_eq!((reset.name(), reset.id), ("reset", token.id));
+        assert_eq!((reset.name(), reset.id), ("reset", token.id.notice(0)));
         assert_eq!(data(&reset), with(json!({"reason": RESET_REASON})));
         let gap = ReplyEvent::gap_before(&token);
-        assert_eq!((gap.name(), gap.id, gap.is_final()), ("gap", token.id, false));
+        assert_eq!((gap.name(), gap.id, gap.is_final()), ("gap", token.id.notice(1), false));
         assert_eq!(data(&gap), with(json!({"reason": GAP_REASON})));
 
         let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 };
@@ -196,8 +229,23 @@ mod tests {
 
     #[test]
     fn event_ids_round_trip() {
-        assert_eq!("3-42".parse::<EventId>(), Ok(EventId { partition: 3, offset: 42 }));
-        assert_eq!(EventId { partition: 3, offset: 42 }.to_string(), "3-42");
-        assert!("3".parse::<EventId>().is_err() && "a-1".parse::<EventId>().is_err());
+        let record = EventId::record(3, 42);
+        assert_eq!("3-42".parse::<EventId>(), Ok(record));
+        assert_eq!(record.to_string(), "3-42");
+        assert_eq!("3-42-1".parse::<EventId>(), Ok(record.notice(1)));
+        assert_eq!(record.notice(1).to_string(), "3-42-1");
+        for bad in ["3", "a-1", "3-42-x", "3-42-1-2", "3-42-256"] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn notices_come_before_their_record_and_after_the_one_before() {
+        let record = EventId::record(3, 42);
+        let (reset, gap) = (record.notice(0), record.notice(1));
+        assert!(gap.is_after(&reset) && record.is_after(&gap) && record.is_after(&reset));
+        assert!(!reset.is_after(&record) && !reset.is_after(&reset));
+        assert!(reset.is_after(&EventId::record(3, 41)));
+        assert!(EventId::record(0, 1).is_after(&record), "another partition is not ordered against it");
     }
 }

@@ -196,16 +196,10 @@ impl Hub {
         let (backlog, gap) = match last_event_id {
             None => (conv.replay.iter().cloned().collect(), false),
             Some(last) => {
-                let newer: Vec<_> = conv
-                    .replay
-                    .iter()
-                    .filter(|e| e.id.partition != last.partition || e.id.offset > last.offset)
-                    .cloned()
-                    .collect();
+                let newer: Vec<_> = conv.replay.iter().filter(|e| e.id.is_after(&last)).cloned().collect();
                 // Offsets of one conversation are not contiguous (partitions are shared),
                 // so a gap is known only from what was evicted.
-                let gap =
-                    conv.evicted.is_some_and(|e| e.partition == last.partition && e.offset > last.offset);
+                let gap = conv.evicted.is_some_and(|e| e.partition == last.partition && e.is_after(&last));
                 (newer, gap)
             }
         };
@@ -254,7 +248,7 @@ mod tests {
     impl Log {
         fn id(&mut self) -> EventId {
             self.next += 1;
-            EventId { partition: 3, offset: self.next }
+            EventId::record(3, self.next)
         }
     }
 
@@ -413,7 +407,24 @@ mod tests {
         }
         assert_eq!(kinds(&got), ["token", "gap", "token", "gap", "done"]);
         assert!(got.iter().all(|e| e.message_id == msg.message_id && e.attempt == a));
-        assert_eq!(got[1].id, got[2].id, "a gap shares the id of the event it precedes");
+        assert_eq!(got[1].id, got[2].id.notice(1), "a gap's id is a notice before its token's");
+    }
+
+    #[test]
+    fn a_client_that_got_a_notice_but_not_its_token_resumes_with_the_token() {
+        let hub = Hub::new(HubLimits::default());
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut log = Log { next: 0 };
+        hub.publish(log.id(), token(&msg, a, 0));
+        hub.publish(log.id(), token(&msg, b, 0)); // reset, then b's first token
+        let all = hub.subscribe(msg.conversation_id, "alice", None).unwrap().backlog;
+        assert_eq!(kinds(&all), ["token", "reset", "token"]);
+        let resumed = hub.subscribe(msg.conversation_id, "alice", Some(all[1].id)).unwrap();
+        assert_eq!(kinds(&resumed.backlog), ["token"]);
+        assert_eq!(resumed.backlog[0].attempt, b);
+        let after_token = hub.subscribe(msg.conversation_id, "alice", Some(all[2].id)).unwrap();
+        assert!(after_token.backlog.is_empty());
     }
 
     #[test]
@@ -454,7 +465,7 @@ mod tests {
         let watched = Uuid::new_v4();
         let _sub = hub.subscribe(watched, "alice", None).unwrap();
         let msg = UserMessage::new(Uuid::new_v4(), "bob", "hi");
-        hub.publish(EventId { partition: 0, offset: 1 }, token(&msg, Uuid::new_v4(), 0));
+        hub.publish(EventId::record(0, 1), token(&msg, Uuid::new_v4(), 0));
         hub.sweep();
         assert_eq!(hub.conversations(), 1);
         assert!(hub.subscribe(watched, "alice", None).is_ok());

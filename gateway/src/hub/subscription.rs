@@ -90,10 +90,10 @@ mod tests {
         let token = |seq| ReplyBody::Token { seq, delta: "x".into() };
         let done =
             ReplyBody::Done { text: "x".into(), usage: None, finish_reason: "stop".into(), token_events: 1 };
-        hub.publish(EventId { partition: 0, offset: 1 }, response(&mine, token(0)));
+        hub.publish(EventId::record(0, 1), response(&mine, token(0)));
         let events = hub.subscribe(conversation, "alice", None).unwrap().until_final(mine.message_id);
-        hub.publish(EventId { partition: 0, offset: 2 }, response(&other, token(0)));
-        hub.publish(EventId { partition: 0, offset: 3 }, response(&mine, done));
+        hub.publish(EventId::record(0, 2), response(&other, token(0)));
+        hub.publish(EventId::record(0, 3), response(&mine, done));
         let got: Vec<_> = events.map(|e| (e.message_id, e.name())).collect().await;
         assert_eq!(got, [(mine.message_id, "token"), (mine.message_id, "done")]);
 
