@@ -2,7 +2,7 @@
 //! dead-lettering until the broker acknowledges. A record counts as done only once
 //! every output it produced was acknowledged.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use platform::trace_context::TraceParent;
 use rdkafka::{message::OwnedMessage, producer::FutureProducer, Message};
@@ -107,13 +107,10 @@ impl<H: Handler> Processor<H> {
                 tracing::info!("partition revoked: leaving the record to its new owner");
                 return Outcome::Abandoned;
             }
-            let delay = delays.next().unwrap_or(retrying.policy.max);
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|down| *down) => {
-                    metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "abandoned").increment(1);
-                    return Outcome::Abandoned;
-                }
+            if !back_off(delays.next().unwrap_or(retrying.policy.max), &mut shutdown).await {
+                metrics::counter!(metric::RECORDS, "handler" => H::NAME, "outcome" => "abandoned")
+                    .increment(1);
+                return Outcome::Abandoned;
             }
         }
     }
@@ -170,9 +167,8 @@ impl<H: Handler> Processor<H> {
                     tracing::warn!(error = %flush, "the give-up notice was not acknowledged; retrying")
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delays.next().unwrap_or(policy.max)) => {}
-                _ = shutdown.wait_for(|down| *down) => return false,
+            if !back_off(delays.next().unwrap_or(policy.max), shutdown).await {
+                return false;
             }
         }
     }
@@ -206,11 +202,18 @@ impl<H: Handler> Processor<H> {
                 }
                 Err(err) => tracing::warn!(error = format!("{err:#}"), "dead-lettering failed; will retry"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delays.next().unwrap_or(policy.max)) => {}
-                _ = shutdown.wait_for(|down| *down) => return Outcome::Abandoned,
+            if !back_off(delays.next().unwrap_or(policy.max), shutdown).await {
+                return Outcome::Abandoned;
             }
         }
+    }
+}
+
+/// Waits `delay` before the next try; `false` when shutdown came first.
+async fn back_off(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.wait_for(|down| *down) => false,
     }
 }
 
