@@ -55,7 +55,7 @@ pub fn response(
 }
 
 /// A reply event with its id, name and (shared) data.
-pub fn reply_event(reply: &ReplyEvent) -> Event {
+fn reply_event(reply: &ReplyEvent) -> Event {
     Event::default().id(reply.id.to_string()).event(reply.name()).data(reply.data())
 }
 
