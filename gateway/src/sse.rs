@@ -2,14 +2,13 @@
 //! events only a stream knows (`accepted`, `gap`, `shutdown`), heartbeats, and the end
 //! of every stream when the gateway stops.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, future::Future, sync::Arc};
 
 use axum::response::{
     sse::{Event, KeepAlive},
     Sse,
 };
 use futures::{stream, Stream, StreamExt};
-use tokio_stream::wrappers::WatchStream;
 
 use crate::{intake::Accepted, reply::ReplyEvent, state::AppState};
 
@@ -36,12 +35,11 @@ pub fn response(
     first: Option<Event>,
     replies: impl Stream<Item = Arc<ReplyEvent>> + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let shutdown = WatchStream::new(state.shutdown.clone()).filter(|down| futures::future::ready(*down));
     let shutting_down = state.shutdown.clone();
     let guard = OpenStream::new();
     let events = stream::iter(first)
         .chain(replies.map(|reply| reply_event(&reply)))
-        .take_until(shutdown.into_future())
+        .take_until(stopping(state))
         .chain(
             stream::once(async move {
                 drop(guard);
@@ -52,6 +50,16 @@ pub fn response(
         )
         .map(Ok);
     Sse::new(events).keep_alive(KeepAlive::new().interval(state.heartbeat).text("heartbeat"))
+}
+
+/// Completes when the gateway starts shutting down: streams end then, so that
+/// graceful shutdown does not wait for replies that may take minutes.
+pub fn stopping(state: &AppState) -> impl Future<Output = ()> + Send + 'static {
+    let mut shutdown = state.shutdown.clone();
+    async move {
+        // A dropped sender means the gateway is gone: stop too.
+        let _ = shutdown.wait_for(|down| *down).await;
+    }
 }
 
 /// A reply event with its id, name and (shared) data.

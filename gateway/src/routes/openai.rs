@@ -27,6 +27,7 @@ use crate::{
     auth::User,
     error::ApiError,
     reply::{ReplyEvent, ReplyKind},
+    sse,
     state::AppState,
 };
 
@@ -104,7 +105,8 @@ pub async fn chat_completions(
     let mut replies = subscription.until_final(message_id);
 
     if !request.stream {
-        let outcome = tokio::time::timeout(REPLY_TIMEOUT, async {
+        let stopping = sse::stopping(&state);
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, async {
             while let Some(reply) = replies.next().await {
                 match Step::of(&reply) {
                     // The whole text comes with `done`.
@@ -122,8 +124,11 @@ pub async fn chat_completions(
                 }
             }
             Err(ApiError::new(StatusCode::BAD_GATEWAY, "reply_failed", "the reply stream ended early"))
-        })
-        .await;
+        });
+        let outcome = tokio::select! {
+            outcome = reply => outcome,
+            () = stopping => return Err(ApiError::unavailable("the server is restarting; retry")),
+        };
         return match outcome {
             Ok(completion) => completion.map(|body| Json(body).into_response()),
             Err(_) => {
@@ -146,15 +151,23 @@ pub async fn chat_completions(
         Event::default().data(error.to_string())
     };
     // Ends right after the final step, without waiting for another reply event. What
-    // was streamed is kept: a client gets exactly the `done` text, or an error.
-    let replies = Box::pin(replies.take_until(tokio::time::sleep(REPLY_TIMEOUT)));
+    // was streamed is kept: a client gets exactly the `done` text, or an error; a
+    // stream cut short (timeout, shutdown, a client too slow) ends with an error too,
+    // never with a bare `[DONE]` that would pass for a whole reply.
+    let replies =
+        Box::pin(replies.take_until(tokio::time::sleep(REPLY_TIMEOUT)).take_until(sse::stopping(&state)));
     let body = stream::unfold((replies, String::new(), false), move |(mut replies, mut sent, ended)| {
         let chunk = chunk.clone();
         async move {
             if ended {
                 return None;
             }
-            let reply = replies.next().await?;
+            let Some(reply) = replies.next().await else {
+                metrics::counter!("gateway_openai_unfinished_streams_total").increment(1);
+                let cut =
+                    failed("the reply did not finish (the server is restarting or it timed out); retry");
+                return Some((cut, (replies, sent, true)));
+            };
             let (event, end) = match Step::of(&reply) {
                 Step::Delta(delta) => {
                     sent.push_str(delta);
