@@ -157,6 +157,38 @@ async fn a_poison_record_is_dead_lettered_and_processing_continues() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_record_too_large_to_dead_letter_whole_gets_a_pointer_and_processing_continues() {
+    let (kafka, qdrant, llm) =
+        (Kafka::start(1).await, QdrantServer::start().expect("qdrant"), LlamaServer::chat().expect("llm"));
+    let responder = HandlerProcess::start(
+        "responder",
+        RESPONDER,
+        &responder_env(&kafka, &qdrant.url(), &llm.base_url(), 8),
+    );
+    let mut dlq = kafka.watch(&topics::dlq(topics::USER_MESSAGES));
+    let mut replies = kafka.watch(topics::MODEL_RESPONSES);
+
+    // Just under librdkafka's default message.max.bytes (1 000 000) with its key and
+    // framing: it can be written, but not again with the dead letter's headers added.
+    let conversation = Uuid::new_v4().to_string();
+    let huge = vec![b'x'; 1_000_000 - conversation.len() - 100];
+    kafka.send_raw(topics::USER_MESSAGES, &conversation, &huge).await;
+    let good = UserMessage::new(conversation.parse().expect("uuid"), "alice", "Hello!");
+    kafka.send(&good).await;
+
+    replies.until(MINUTE, |seen| has_final(seen, good.message_id)).await;
+    let letters = dlq.until(MINUTE, |seen| !seen.is_empty()).await;
+    let letter = &letters[0];
+    assert_eq!(letter.payload(), None, "the payload is left out");
+    let omitted = header(letter, "dlq.omitted").expect("says what was left out");
+    assert!(omitted.contains(&format!("{} bytes", huge.len())), "{omitted}");
+    assert_eq!(header(letter, "dlq.source").as_deref(), Some("user_messages/0/0"), "points at the original");
+    assert!(header(letter, "dlq.error").expect("error").contains("HANDLER_MAX_RECORD_BYTES"));
+    kafka.wait_lag_zero(topics::RESPONDER_GROUP, USER_MESSAGES, Duration::from_secs(10)).await;
+    assert_eq!(responder.records("dead_lettered").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_responder_killed_mid_answer_is_replaced_and_the_answer_completes() {
     let (kafka, qdrant, llm) =
         (Kafka::start(2).await, QdrantServer::start().expect("qdrant"), LlamaServer::chat().expect("llm"));
