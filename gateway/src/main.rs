@@ -119,7 +119,7 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = AppState::new(&settings, auth, producer.clone(), metrics, shutdown_rx.clone());
 
-    let relay = tokio::spawn(relay::run(state.clone(), shutdown_rx.clone()));
+    let relay = tokio::spawn(relay::run(state.clone(), settings.relay_lookback, shutdown_rx.clone()));
     tokio::spawn(sweep(state.clone(), shutdown_rx.clone()));
 
     let listener = TcpListener::bind(settings.listen)

@@ -116,6 +116,12 @@ impl ReplyEvent {
         Self::new(next.id.notice(1), next.message_id, next.conversation_id, next.attempt, ReplyKind::Gap)
     }
 
+    /// A `gap` for events of `attempt` lost without a record to put it before (the
+    /// relay skipped records it could not read).
+    pub fn gap(id: EventId, message_id: Uuid, conversation_id: Uuid, attempt: Uuid) -> Self {
+        Self::new(id, message_id, conversation_id, attempt, ReplyKind::Gap)
+    }
+
     fn new(id: EventId, message_id: Uuid, conversation_id: Uuid, attempt: Uuid, kind: ReplyKind) -> Self {
         Self { id, message_id, conversation_id, attempt, kind, data: OnceLock::new() }
     }

@@ -28,6 +28,10 @@ pub struct GatewaySettings {
     pub request_timeout: Duration,
     /// `REPLAY_EVENTS`, `MAX_CONVERSATIONS`, `CONVERSATION_IDLE_SECS`, `STREAM_BUFFER`.
     pub hub: HubLimits,
+    /// `RELAY_LOOKBACK_SECS`: how far back in `model_responses` a starting replica reads,
+    /// so that clients moving to it (a rollout) can resume replies begun before it
+    /// started (default 60; 0 reads from the log end).
+    pub relay_lookback: Duration,
 }
 
 fn at_least<T: PartialOrd + ToString>(name: &str, value: T, min: T) -> Result<T, SettingsError> {
@@ -74,6 +78,7 @@ impl GatewaySettings {
                 env.parse_or("REQUEST_TIMEOUT_SECS", 10)?,
                 1,
             )?),
+            relay_lookback: Duration::from_secs(env.parse_or("RELAY_LOOKBACK_SECS", 60)?),
             hub: HubLimits {
                 replay_events: at_least(
                     "REPLAY_EVENTS",
@@ -93,6 +98,7 @@ impl GatewaySettings {
                     env.parse_or("STREAM_BUFFER", defaults.stream_buffer)?,
                     1,
                 )?,
+                ..defaults
             },
         })
     }

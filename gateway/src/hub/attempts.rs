@@ -55,6 +55,9 @@ pub struct Attempts {
     finished: bool,
     /// The `seq` the current attempt's next token should have.
     next_seq: u32,
+    /// Events were lost and a `gap` already said so (the relay skipped records): the
+    /// next token sets `next_seq` anew instead of announcing a second gap.
+    gap_announced: bool,
 }
 
 impl Attempts {
@@ -80,6 +83,7 @@ impl Attempts {
                 self.superseded.push(current);
                 self.current = Some(attempt);
                 self.next_seq = 0;
+                self.gap_announced = false;
                 reset = true;
             }
             None => self.current = Some(attempt),
@@ -90,12 +94,15 @@ impl Attempts {
                 if *seq < self.next_seq {
                     return Verdict::Drop(Dropped::Duplicate);
                 }
-                let skipped = *seq > self.next_seq;
+                let skipped = *seq > self.next_seq && !self.gap_announced;
                 self.next_seq = seq.saturating_add(1);
+                self.gap_announced = false;
                 skipped
             }
             // Tokens announced by an earlier `gap` are counted in `next_seq` already.
-            ReplyKind::Reply(ReplyBody::Done { token_events, .. }) => shown && *token_events != self.next_seq,
+            ReplyKind::Reply(ReplyBody::Done { token_events, .. }) => {
+                shown && !self.gap_announced && *token_events != self.next_seq
+            }
             _ => false,
         };
         self.finished = last;
@@ -105,6 +112,17 @@ impl Attempts {
     /// True once the message has ended.
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// Records that some of the message's events were lost (the relay skipped records
+    /// it could no longer read) and returns the attempt whose streams must be told with
+    /// a `gap`; `None` when nothing was shown yet or the message has ended.
+    pub fn lose_events(&mut self) -> Option<Uuid> {
+        if self.finished {
+            return None;
+        }
+        self.gap_announced = self.current.is_some();
+        self.current
     }
 }
 
@@ -205,6 +223,19 @@ mod tests {
         assert_eq!(m.admit(b, &token(2)), show(true, true, false, false));
         let (mut m, c) = (Attempts::default(), Uuid::new_v4());
         assert_eq!(m.admit(c, &token(1)), show(false, true, true, false));
+    }
+
+    #[test]
+    fn events_lost_by_the_relay_are_announced_once() {
+        let (mut m, a) = (Attempts::default(), Uuid::new_v4());
+        assert_eq!(m.lose_events(), None, "nothing shown yet: its first token says it");
+        m.admit(a, &token(0));
+        assert_eq!(m.lose_events(), Some(a));
+        assert_eq!(m.admit(a, &token(4)), SHOW, "already announced");
+        assert_eq!(m.admit(a, &token(6)), show(false, true, false, false), "a new loss");
+        m.lose_events();
+        assert_eq!(m.admit(a, &done(9)), show(false, false, false, true));
+        assert_eq!(m.lose_events(), None, "an ended message lost nothing");
     }
 
     #[test]

@@ -10,11 +10,12 @@
 //! [`attempts`]; reply timing for this replica's own messages is kept by [`latency`].
 
 mod attempts;
+mod forgotten;
 mod latency;
 mod subscription;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{hash_map::Entry, HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -26,6 +27,7 @@ use uuid::Uuid;
 pub use self::subscription::Subscription;
 use self::{
     attempts::{Attempts, Dropped, Verdict},
+    forgotten::{newest, Forgotten},
     latency::ReplyLatency,
 };
 use crate::reply::{EventId, ReplyEvent};
@@ -42,6 +44,9 @@ pub struct HubLimits {
     /// Events buffered per stream before a slow client is cut off (it reconnects and
     /// resumes from the replay window).
     pub stream_buffer: usize,
+    /// Finished messages remembered after their events left the replay window, so that
+    /// a late retry of one is dropped rather than shown as a new reply (16 bytes each).
+    pub finished_messages: usize,
 }
 
 impl Default for HubLimits {
@@ -51,14 +56,18 @@ impl Default for HubLimits {
             max_conversations: 10_000,
             idle_ttl: Duration::from_secs(600),
             stream_buffer: 256,
+            finished_messages: 65_536,
         }
     }
 }
 
 struct Conversation {
     user_id: String,
+    /// The partition its events come from (it is the Kafka key), once known.
+    partition: Option<i32>,
     replay: VecDeque<Arc<ReplyEvent>>,
-    /// The newest event that fell out of the replay window.
+    /// The newest event of it that the hub cannot replay: one that fell out of the
+    /// replay window, or a bound on those the hub never read or forgot.
     evicted: Option<EventId>,
     messages: HashMap<Uuid, Attempts>,
     streams: Vec<mpsc::Sender<Arc<ReplyEvent>>>,
@@ -69,6 +78,7 @@ impl Conversation {
     fn new(user_id: &str) -> Self {
         Self {
             user_id: user_id.to_string(),
+            partition: None,
             replay: VecDeque::new(),
             evicted: None,
             messages: HashMap::new(),
@@ -77,19 +87,31 @@ impl Conversation {
         }
     }
 
+    /// Learns the conversation's partition from its first event id seen (a record's or
+    /// a resuming client's): what the hub may miss of that partition from before then
+    /// is what it may miss of this conversation.
+    fn place(&mut self, partition: i32, forgotten: &Forgotten) {
+        if self.partition.is_none() {
+            self.partition = Some(partition);
+            self.evicted = newest(self.evicted, forgotten.horizon(partition));
+        }
+    }
+
     /// Keeps `event` for replay (evicting the oldest at `replay_events`) and sends it to
     /// every open stream.
-    fn push(&mut self, event: ReplyEvent, replay_events: usize) {
+    fn push(&mut self, event: ReplyEvent, replay_events: usize, forgotten: &mut Forgotten) {
         let event = Arc::new(event);
         if self.replay.len() == replay_events {
             if let Some(old) = self.replay.pop_front() {
                 self.evicted = Some(old.id);
                 // Keep message states only while their events can still be replayed or
-                // are in flight, so the map stays bounded too.
+                // are in flight, so the map stays bounded too; an ended one is still
+                // known as ended.
                 if self.replay.iter().all(|e| e.message_id != old.message_id)
                     && self.messages.get(&old.message_id).is_some_and(Attempts::is_finished)
                 {
                     self.messages.remove(&old.message_id);
+                    forgotten.finish(old.message_id);
                 }
             }
         }
@@ -107,10 +129,31 @@ impl Conversation {
     }
 }
 
+/// What the hub's lock guards.
+struct State {
+    conversations: HashMap<Uuid, Conversation>,
+    forgotten: Forgotten,
+}
+
+impl State {
+    /// Drops a conversation, remembering what a stream or a late retry needs to know.
+    fn forget(&mut self, conversation_id: &Uuid) {
+        let Some(conv) = self.conversations.remove(conversation_id) else { return };
+        if let (Some(partition), Some(newest)) = (conv.partition, conv.replay.back()) {
+            self.forgotten.raise(partition, newest.id.offset);
+        }
+        for (message_id, attempts) in &conv.messages {
+            if attempts.is_finished() {
+                self.forgotten.finish(*message_id);
+            }
+        }
+    }
+}
+
 /// The hub shared by the relay (writer) and the streams (readers).
 pub struct Hub {
     limits: HubLimits,
-    conversations: Mutex<HashMap<Uuid, Conversation>>,
+    state: Mutex<State>,
     latency: ReplyLatency,
 }
 
@@ -124,7 +167,9 @@ pub enum SubscribeError {
 impl Hub {
     /// An empty hub.
     pub fn new(limits: HubLimits) -> Self {
-        Self { limits, conversations: Mutex::new(HashMap::new()), latency: ReplyLatency::default() }
+        let state =
+            State { conversations: HashMap::new(), forgotten: Forgotten::new(limits.finished_messages) };
+        Self { limits, state: Mutex::new(state), latency: ReplyLatency::default() }
     }
 
     /// Remembers that this replica accepted `message_id` now, for reply latency metrics.
@@ -132,16 +177,55 @@ impl Hub {
         self.latency.note_accepted(message_id);
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, Conversation>> {
-        lock(&self.conversations)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// The relay reads `partition` from `offset` on: the hub knows nothing from before.
+    pub fn relay_from(&self, partition: i32, offset: i64) {
+        self.lock().forgotten.raise(partition, offset - 1);
+    }
+
+    /// The relay could not read `partition` on from `from` (its records were deleted,
+    /// or the log was cut back) and goes on from `to`. Every message of the partition
+    /// being shown gets a `gap` (its `done` still carries the whole text); returns how
+    /// many did.
+    pub fn relay_skipped(&self, partition: i32, from: i64, to: i64) -> usize {
+        let mut state = self.lock();
+        let State { conversations, forgotten } = &mut *state;
+        forgotten.raise(partition, to - 1);
+        // After the last record read and before the next: ordered for resuming clients.
+        let id = EventId::record(partition, from).notice(1);
+        let mut told = 0;
+        for (conversation_id, conv) in
+            conversations.iter_mut().filter(|(_, c)| c.partition == Some(partition))
+        {
+            conv.evicted = newest(conv.evicted, forgotten.horizon(partition));
+            let lost: Vec<(Uuid, Uuid)> = conv
+                .messages
+                .iter_mut()
+                .filter_map(|(message_id, attempts)| Some((*message_id, attempts.lose_events()?)))
+                .collect();
+            for (message_id, attempt) in lost {
+                conv.push(
+                    ReplyEvent::gap(id, message_id, *conversation_id, attempt),
+                    self.limits.replay_events,
+                    forgotten,
+                );
+                told += 1;
+            }
+        }
+        metrics::counter!("gateway_token_gaps_total").increment(told as u64);
+        told
     }
 
     /// Takes one relayed event; returns how many events it produced for clients.
     pub fn publish(&self, id: EventId, response: ModelResponse) -> usize {
-        let mut conversations = self.lock();
-        if !conversations.contains_key(&response.conversation_id) {
-            self.make_room(&mut conversations);
+        let mut state = self.lock();
+        if !state.conversations.contains_key(&response.conversation_id) {
+            self.make_room(&mut state);
         }
+        let State { conversations, forgotten } = &mut *state;
         let conv = conversations
             .entry(response.conversation_id)
             .or_insert_with(|| Conversation::new(&response.user_id));
@@ -150,8 +234,15 @@ impl Hub {
             return 0;
         }
         conv.last_event = Instant::now();
+        conv.place(id.partition, forgotten);
         let event = ReplyEvent::from_response(id, response);
-        let verdict = conv.messages.entry(event.message_id).or_default().admit(event.attempt, &event.kind);
+        let attempts = match conv.messages.entry(event.message_id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            // A late retry of a message that ended long ago: not a new reply.
+            Entry::Vacant(_) if forgotten.is_finished(&event.message_id) => return 0,
+            Entry::Vacant(entry) => entry.insert(Attempts::default()),
+        };
+        let verdict = attempts.admit(event.attempt, &event.kind);
         let (reset, gap, first, last) = match verdict {
             Verdict::Show { reset, gap, first, last } => (reset, gap, first, last),
             Verdict::Drop(Dropped::Duplicate) => {
@@ -163,15 +254,16 @@ impl Hub {
         if first || last {
             self.latency.observe(event.message_id, first, last);
         }
+        let replay_events = self.limits.replay_events;
         if reset {
-            conv.push(ReplyEvent::reset_before(&event), self.limits.replay_events);
+            conv.push(ReplyEvent::reset_before(&event), replay_events, forgotten);
         }
         if gap {
             metrics::counter!("gateway_token_gaps_total").increment(1);
             tracing::warn!(message_id = %event.message_id, attempt = %event.attempt, "reply tokens missing; the client is told with a gap");
-            conv.push(ReplyEvent::gap_before(&event), self.limits.replay_events);
+            conv.push(ReplyEvent::gap_before(&event), replay_events, forgotten);
         }
-        conv.push(event, self.limits.replay_events);
+        conv.push(event, replay_events, forgotten);
         1 + usize::from(reset) + usize::from(gap)
     }
 
@@ -182,13 +274,17 @@ impl Hub {
         user_id: &str,
         last_event_id: Option<EventId>,
     ) -> Result<Subscription, SubscribeError> {
-        let mut conversations = self.lock();
-        if !conversations.contains_key(&conversation_id) {
-            self.make_room(&mut conversations);
+        let mut state = self.lock();
+        if !state.conversations.contains_key(&conversation_id) {
+            self.make_room(&mut state);
         }
+        let State { conversations, forgotten } = &mut *state;
         let conv = conversations.entry(conversation_id).or_insert_with(|| Conversation::new(user_id));
         if conv.user_id != user_id {
             return Err(SubscribeError::NotOwner);
+        }
+        if let Some(last) = last_event_id {
+            conv.place(last.partition, forgotten);
         }
         // Subscribing and copying the replay under one lock: no event can fall between.
         let (tx, live) = mpsc::channel(self.limits.stream_buffer);
@@ -198,40 +294,49 @@ impl Hub {
             Some(last) => {
                 let newer: Vec<_> = conv.replay.iter().filter(|e| e.id.is_after(&last)).cloned().collect();
                 // Offsets of one conversation are not contiguous (partitions are shared),
-                // so a gap is known only from what was evicted.
+                // so a gap is known only from what was evicted, never read or forgotten.
                 let gap = conv.evicted.is_some_and(|e| e.partition == last.partition && e.is_after(&last));
                 (newer, gap)
             }
         };
-        Ok(Subscription { backlog, gap, live })
+        Ok(Subscription { backlog, gap, live, after: last_event_id })
     }
 
     /// Number of conversations tracked.
     pub fn conversations(&self) -> usize {
-        self.lock().len()
+        self.lock().conversations.len()
     }
 
     /// Forgets idle conversations nobody streams; called periodically.
     pub fn sweep(&self) {
         let ttl = self.limits.idle_ttl;
-        self.lock().retain(|_, c| {
-            c.streams.retain(|tx| !tx.is_closed());
-            !c.streams.is_empty() || c.last_event.elapsed() < ttl
-        });
+        let mut state = self.lock();
+        let idle: Vec<Uuid> = state
+            .conversations
+            .iter_mut()
+            .filter_map(|(id, c)| {
+                c.streams.retain(|tx| !tx.is_closed());
+                (c.streams.is_empty() && c.last_event.elapsed() >= ttl).then_some(*id)
+            })
+            .collect();
+        for id in &idle {
+            state.forget(id);
+        }
     }
 
     /// Evicts the longest-idle unwatched conversation when the hub is full.
-    fn make_room(&self, conversations: &mut HashMap<Uuid, Conversation>) {
-        if conversations.len() < self.limits.max_conversations {
+    fn make_room(&self, state: &mut State) {
+        if state.conversations.len() < self.limits.max_conversations {
             return;
         }
-        let victim = conversations
+        let victim = state
+            .conversations
             .iter()
             .filter(|(_, c)| c.streams.iter().all(|tx| tx.is_closed()))
             .min_by_key(|(_, c)| c.last_event)
             .map(|(id, _)| *id);
         if let Some(id) = victim {
-            conversations.remove(&id);
+            state.forget(&id);
         }
     }
 }
@@ -438,8 +543,8 @@ mod tests {
             }
         }
         assert_eq!(hub.conversations(), 10);
-        let conversations = hub.lock();
-        assert!(conversations.values().all(|c| c.replay.len() <= 4));
+        let state = hub.lock();
+        assert!(state.conversations.values().all(|c| c.replay.len() <= 4));
     }
 
     #[test]
@@ -457,6 +562,99 @@ mod tests {
         assert!(matches!(slow.live.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
         let resumed = hub.subscribe(msg.conversation_id, "alice", Some(first.id)).unwrap();
         assert_eq!(resumed.backlog.len(), 4, "everything after the last event it saw");
+    }
+
+    fn drain(sub: &mut Subscription) -> Vec<Arc<ReplyEvent>> {
+        let mut got = Vec::new();
+        while let Ok(event) = sub.live.try_recv() {
+            got.push(event);
+        }
+        got
+    }
+
+    #[test]
+    fn a_late_retry_of_a_message_that_left_the_window_is_not_shown_again() {
+        let hub = Hub::new(HubLimits { replay_events: 3, ..HubLimits::default() });
+        let old = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let next = UserMessage::new(old.conversation_id, "alice", "and then?");
+        let mut log = Log { next: 0 };
+        let a = Uuid::new_v4();
+        hub.publish(log.id(), token(&old, a, 0));
+        hub.publish(log.id(), done_after(&old, a, 1));
+        for seq in 0..5 {
+            hub.publish(log.id(), token(&next, Uuid::new_v4(), seq));
+        }
+        let retry = Uuid::new_v4();
+        assert_eq!(hub.publish(log.id(), token(&old, retry, 0)), 0, "revived");
+        assert_eq!(hub.publish(log.id(), done(&old, retry)), 0, "revived");
+    }
+
+    #[test]
+    fn a_late_retry_of_a_message_of_a_swept_conversation_is_not_shown_again() {
+        let hub = Hub::new(HubLimits { idle_ttl: Duration::ZERO, ..HubLimits::default() });
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let mut log = Log { next: 0 };
+        let a = Uuid::new_v4();
+        hub.publish(log.id(), token(&msg, a, 0));
+        hub.publish(log.id(), done_after(&msg, a, 1));
+        hub.sweep();
+        assert_eq!(hub.conversations(), 0);
+        assert_eq!(hub.publish(log.id(), token(&msg, Uuid::new_v4(), 0)), 0);
+    }
+
+    #[test]
+    fn resuming_a_swept_conversation_from_before_its_events_reports_a_gap() {
+        let hub = Hub::new(HubLimits { idle_ttl: Duration::ZERO, ..HubLimits::default() });
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let mut log = Log { next: 0 };
+        let a = Uuid::new_v4();
+        let seen = log.id();
+        hub.publish(seen, token(&msg, a, 0));
+        let last = log.id();
+        hub.publish(last, done_after(&msg, a, 1));
+        hub.sweep();
+        assert!(hub.subscribe(msg.conversation_id, "alice", Some(seen)).unwrap().gap, "done was forgotten");
+        assert!(!hub.subscribe(msg.conversation_id, "alice", Some(last)).unwrap().gap, "saw everything");
+    }
+
+    #[test]
+    fn resuming_from_before_the_relay_started_reports_a_gap() {
+        let hub = Hub::new(HubLimits::default());
+        hub.relay_from(3, 100);
+        let conversation = Uuid::new_v4();
+        let before = hub.subscribe(conversation, "alice", Some(EventId::record(3, 97))).unwrap();
+        assert!(before.gap, "offsets 98 and 99 were never read");
+        let at = hub.subscribe(conversation, "alice", Some(EventId::record(3, 99))).unwrap();
+        assert!(!at.gap, "it saw the last record before the relay's start");
+
+        // A conversation first seen through a record learns the same.
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        hub.publish(EventId::record(3, 120), token(&msg, Uuid::new_v4(), 0));
+        assert!(hub.subscribe(msg.conversation_id, "alice", Some(EventId::record(3, 50))).unwrap().gap);
+        assert!(!hub.subscribe(msg.conversation_id, "alice", Some(EventId::record(3, 110))).unwrap().gap);
+    }
+
+    #[test]
+    fn records_the_relay_skipped_are_announced_to_the_messages_being_shown() {
+        let hub = Hub::new(HubLimits::default());
+        let (shown, ended) =
+            (UserMessage::new(Uuid::new_v4(), "alice", "hi"), UserMessage::new(Uuid::new_v4(), "bob", "hi"));
+        let elsewhere = UserMessage::new(Uuid::new_v4(), "carol", "hi");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        hub.publish(EventId::record(3, 10), token(&shown, a, 0));
+        hub.publish(EventId::record(3, 11), token(&ended, b, 0));
+        hub.publish(EventId::record(3, 12), done_after(&ended, b, 1));
+        hub.publish(EventId::record(4, 12), token(&elsewhere, Uuid::new_v4(), 0));
+        let mut sub = hub.subscribe(shown.conversation_id, "alice", None).unwrap();
+        assert_eq!(hub.relay_skipped(3, 13, 40), 1, "only the unfinished message of partition 3");
+        hub.publish(EventId::record(3, 41), token(&shown, a, 7));
+        hub.publish(EventId::record(3, 42), done_after(&shown, a, 8));
+        let got = drain(&mut sub);
+        assert_eq!(kinds(&got), ["gap", "token", "done"], "one gap, not a second for seq 7");
+        assert_eq!(got[0].id, EventId::record(3, 13).notice(1));
+        let resumed = hub.subscribe(shown.conversation_id, "alice", Some(EventId::record(3, 10))).unwrap();
+        assert!(resumed.gap, "records 13..40 are gone");
+        assert_eq!(kinds(&resumed.backlog), ["gap", "token", "done"]);
     }
 
     #[test]
