@@ -243,6 +243,40 @@ pub fn scaling_svg(rows: &[TimelineRow]) -> anyhow::Result<String> {
     Ok(svg)
 }
 
+/// One chart of named lines over time, for [`panels_svg`].
+pub struct Panel {
+    /// The chart's title.
+    pub caption: String,
+    /// The y axis' unit.
+    pub y_desc: String,
+    /// `(label, points (seconds, value))` per line.
+    pub lines: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// Two charts of named lines, one above the other (e.g. a soak's memory and file
+/// descriptors per process over time).
+pub fn panels_svg(top: &Panel, bottom: &Panel) -> anyhow::Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let (upper, lower) = root.split_vertically(TOP_HEIGHT);
+        let points = |p: &Panel| p.lines.iter().flat_map(|(_, pts)| pts.clone()).collect::<Vec<_>>();
+        let x_max = max_of([top, bottom].into_iter().flat_map(points).map(|(t, _)| t)).max(1.0);
+        for (area, panel) in [(&upper, top), (&lower, bottom)] {
+            let y_max = max_of(points(panel).into_iter().map(|(_, v)| v));
+            let mut c = chart(area, &panel.caption, x_max, (y_max * 1.1).max(1.0), &panel.y_desc, false)?;
+            for (i, (label, pts)) in panel.lines.iter().enumerate() {
+                let line = pts.iter().map(|&(t, v)| (t, Some(v)));
+                draw_line(&mut c, segments(line), color(i).stroke_width(2), label, true)?;
+            }
+            legend(&mut c)?;
+        }
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
 /// `latency.svg`: TTFT and full-reply p50/p99 per second (top), send and answer rates (bottom).
 pub fn latency_svg(rows: &[TimelineRow]) -> anyhow::Result<String> {
     let mut svg = String::new();

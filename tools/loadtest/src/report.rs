@@ -127,6 +127,8 @@ pub struct Latencies {
     pub post: Percentiles,
     /// Due time → POST sent: how far the load generator itself fell behind its schedule.
     pub send_delay: Percentiles,
+    /// Per reply, the longest silence between two of its events (reconnects show here).
+    pub pause: Percentiles,
 }
 
 /// An accepted message that got no `done`/`error`.
@@ -308,6 +310,7 @@ impl Report {
                 reply: Percentiles::of(records.iter().filter_map(MessageRecord::reply_latency)),
                 post: Percentiles::of(records.iter().filter_map(MessageRecord::post_latency)),
                 send_delay: Percentiles::of(records.iter().filter_map(MessageRecord::send_delay)),
+                pause: Percentiles::of(records.iter().filter_map(|r| r.longest_pause)),
             },
             unanswered: records
                 .iter()
@@ -373,6 +376,7 @@ impl Report {
             ("full reply", &l.reply),
             ("POST /chat", &l.post),
             ("send delay", &l.send_delay),
+            ("longest pause", &l.pause),
         ] {
             let cell = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
             let _ = writeln!(

@@ -74,6 +74,10 @@ pub struct MessageRecord {
     /// Tokens were shown since the last `reset` and the `done` text differs from them,
     /// with no `gap` to say so: what the client was shown was not the reply.
     pub text_mismatch: bool,
+    /// The longest silence between two events of the reply, from its first event to
+    /// its end: what a reconnect (a gateway restarting) cost the reader.
+    pub longest_pause: Option<Duration>,
+    last_event: Option<Duration>,
     attempt: Option<Uuid>,
     text: String,
 }
@@ -94,6 +98,8 @@ impl MessageRecord {
             attempts: 0,
             gap: false,
             text_mismatch: false,
+            longest_pause: None,
+            last_event: None,
             attempt: None,
             text: String::new(),
         }
@@ -130,6 +136,10 @@ impl MessageRecord {
     fn apply(&mut self, event: &ReplyEvent, at: Duration) -> Applied {
         if self.finished.is_some() {
             return Applied::Late;
+        }
+        if let Some(previous) = self.last_event.replace(at) {
+            let pause = at.saturating_sub(previous);
+            self.longest_pause = Some(self.longest_pause.map_or(pause, |p| p.max(pause)));
         }
         if event.kind == EventKind::Reset {
             // A new attempt replaces the partial text: count its tokens from zero; the
