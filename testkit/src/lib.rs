@@ -224,6 +224,11 @@ pub fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// The number of open file descriptors of process `pid` (0 if it cannot be read).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}
+
 /// The first `n` lines of `log` that carry a warning, an error or a panic.
 pub fn problem_lines(log: &str, n: usize) -> String {
     let problems = log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panic"));
@@ -382,6 +387,11 @@ impl QdrantServer {
     /// The gRPC URL for `qdrant-client`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
     }
 
     /// Stops the server (SIGTERM) and starts it again on the same data.

@@ -7,6 +7,7 @@
 //! runs before the tests); the real dependencies come from the paths ci/test.sh exports.
 
 pub mod figures;
+pub mod proxy;
 pub mod stack;
 
 pub use figures::Figures;

@@ -6,5 +6,7 @@ mod bad_input;
 mod broker_restart;
 mod dependencies;
 mod killed_responder;
+mod rolling_restart;
 mod scale_out;
 mod slow_clients;
+mod soak;
