@@ -13,8 +13,12 @@ use serde_json::json;
 use testkit::LlamaServer;
 use tokio::sync::watch;
 
-/// How long the broker stays down.
-const OUTAGE: Duration = Duration::from_secs(6);
+/// How long the broker stays down: `DRILL_OUTAGE_SECS`, 6 s by default (longer than
+/// the gateway's produce timeout here, 2 s, and than the responder's, 5 s).
+fn outage() -> Duration {
+    let secs = std::env::var("DRILL_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
+    Duration::from_secs(secs)
+}
 
 /// What one probe saw, answered at `at` (from the start): `POST /chat`'s status and
 /// whether a 503 said when to retry, or `/ready`'s status (0: no answer). A POST sent
@@ -49,7 +53,7 @@ async fn a_broker_outage_gets_503s_never_a_lost_202_and_everything_recovers() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::block_in_place(|| stack.broker.stop()).expect("broker stops");
     let down_at = started.elapsed();
-    tokio::time::sleep(OUTAGE).await;
+    tokio::time::sleep(outage()).await;
     let restart_at = started.elapsed();
     tokio::task::block_in_place(|| stack.broker.start_again()).expect("broker starts again");
     let up_at = started.elapsed();
@@ -96,7 +100,7 @@ async fn a_broker_outage_gets_503s_never_a_lost_202_and_everything_recovers() {
     let c = &report.counts;
     let mut figures = Figures::new("broker-restart");
     figures
-        .secs("outage", OUTAGE.as_secs_f64())
+        .secs("outage", outage().as_secs_f64())
         .load("", &report)
         .add("probes_down", during.len())
         .add("probe_503", refused)
