@@ -239,7 +239,10 @@ impl Hub {
         let attempts = match conv.messages.entry(event.message_id) {
             Entry::Occupied(entry) => entry.into_mut(),
             // A late retry of a message that ended long ago: not a new reply.
-            Entry::Vacant(_) if forgotten.is_finished(&event.message_id) => return 0,
+            Entry::Vacant(_) if forgotten.is_finished(&event.message_id) => {
+                metrics::counter!("gateway_finished_events_dropped_total").increment(1);
+                return 0;
+            }
             Entry::Vacant(entry) => entry.insert(Attempts::default()),
         };
         let verdict = attempts.admit(event.attempt, &event.kind);
@@ -249,13 +252,18 @@ impl Hub {
                 metrics::counter!("gateway_duplicate_tokens_dropped_total").increment(1);
                 return 0;
             }
-            Verdict::Drop(Dropped::Finished | Dropped::Superseded) => return 0,
+            Verdict::Drop(Dropped::Finished) => {
+                metrics::counter!("gateway_finished_events_dropped_total").increment(1);
+                return 0;
+            }
+            Verdict::Drop(Dropped::Superseded) => return 0,
         };
         if first || last {
             self.latency.observe(event.message_id, first, last);
         }
         let replay_events = self.limits.replay_events;
         if reset {
+            metrics::counter!("gateway_attempt_resets_total").increment(1);
             conv.push(ReplyEvent::reset_before(&event), replay_events, forgotten);
         }
         if gap {
