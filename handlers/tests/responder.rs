@@ -13,7 +13,7 @@ use platform::{
 use rdkafka::Message;
 use testkit::{
     fake_llm::{FakeLlm, Mode},
-    kafka::{header, Kafka},
+    kafka::{header, Kafka, Watcher},
     LlamaServer, QdrantServer, Signal,
 };
 use uuid::Uuid;
@@ -119,17 +119,35 @@ async fn a_reply_uses_a_fact_from_an_earlier_turn_that_only_memory_holds() {
     assert!(!answer(&bob).contains("Biscuit"), "another user's memory leaked: {:?}", answer(&bob));
 }
 
+/// A responder on a broker with `partitions` per topic, and watchers of the DLQ and the
+/// replies, for the dead-letter tests.
+struct DeadLetterRun {
+    kafka: Kafka,
+    responder: HandlerProcess,
+    dlq: Watcher,
+    replies: Watcher,
+    _qdrant: QdrantServer,
+    _llm: LlamaServer,
+}
+
+impl DeadLetterRun {
+    async fn start(partitions: i32) -> Self {
+        let (kafka, qdrant, llm) = (
+            Kafka::start(partitions).await,
+            QdrantServer::start().expect("qdrant"),
+            LlamaServer::chat().expect("llm"),
+        );
+        let env = responder_env(&kafka, &qdrant.url(), &llm.base_url(), 8);
+        let responder = HandlerProcess::start("responder", RESPONDER, &env);
+        let dlq = kafka.watch(&topics::dlq(topics::USER_MESSAGES));
+        let replies = kafka.watch(topics::MODEL_RESPONSES);
+        Self { kafka, responder, dlq, replies, _qdrant: qdrant, _llm: llm }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_record_is_dead_lettered_and_processing_continues() {
-    let (kafka, qdrant, llm) =
-        (Kafka::start(2).await, QdrantServer::start().expect("qdrant"), LlamaServer::chat().expect("llm"));
-    let responder = HandlerProcess::start(
-        "responder",
-        RESPONDER,
-        &responder_env(&kafka, &qdrant.url(), &llm.base_url(), 8),
-    );
-    let mut dlq = kafka.watch(&topics::dlq(topics::USER_MESSAGES));
-    let mut replies = kafka.watch(topics::MODEL_RESPONSES);
+    let DeadLetterRun { kafka, responder, mut dlq, mut replies, .. } = DeadLetterRun::start(2).await;
 
     let conversation = Uuid::new_v4().to_string();
     kafka.send_raw(topics::USER_MESSAGES, &conversation, b"{not json").await;
@@ -158,15 +176,7 @@ async fn a_poison_record_is_dead_lettered_and_processing_continues() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_too_large_to_dead_letter_whole_gets_a_pointer_and_processing_continues() {
-    let (kafka, qdrant, llm) =
-        (Kafka::start(1).await, QdrantServer::start().expect("qdrant"), LlamaServer::chat().expect("llm"));
-    let responder = HandlerProcess::start(
-        "responder",
-        RESPONDER,
-        &responder_env(&kafka, &qdrant.url(), &llm.base_url(), 8),
-    );
-    let mut dlq = kafka.watch(&topics::dlq(topics::USER_MESSAGES));
-    let mut replies = kafka.watch(topics::MODEL_RESPONSES);
+    let DeadLetterRun { kafka, responder, mut dlq, mut replies, .. } = DeadLetterRun::start(1).await;
 
     // Just under librdkafka's default message.max.bytes (1 000 000) with its key and
     // framing: it can be written, but not again with the dead letter's headers added.
