@@ -20,6 +20,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use testkit::repo_root;
 
+pub mod netpol;
+
 /// A path inside the repository.
 pub fn repo_path(relative: &str) -> PathBuf {
     repo_root().join(relative)

@@ -1,89 +1,22 @@
-//! NetworkPolicies: they allow the stack's flows and nothing else.
+//! NetworkPolicies: they allow the stack's flows and nothing else, and every pod they
+//! confine can still resolve names on any cluster's DNS set-up.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use deploy_tests::{kind, name, pod_template, repo_path, selects, yaml_file, yaml_files_in};
+use deploy_tests::{
+    fixture, kind, name,
+    netpol::{dns_problems, Peer, Policies},
+    pod_template, repo_path, yaml_file, yaml_files_in,
+};
 use serde_json::{json, Map, Value};
 
 use crate::common::{all_objects, must, NAMESPACE};
-
-/// A peer of a connection: a pod in the stack's namespace (by its labels) or any pod of
-/// another namespace.
-#[derive(Clone, Debug)]
-enum Peer {
-    Pod(Map<String, Value>),
-    Namespace(&'static str),
-}
-
-fn peer_matches(from: &Value, peer: &Peer) -> bool {
-    let ns_sel = &from["namespaceSelector"];
-    let pod_sel = &from["podSelector"];
-    if !from["ipBlock"].is_null() {
-        return false; // only used for the internet; never matches a pod here
-    }
-    match peer {
-        Peer::Pod(labels) => ns_sel.is_null() && selects(pod_sel, labels),
-        Peer::Namespace(ns) => {
-            let ns_labels = json!({"kubernetes.io/metadata.name": ns});
-            !ns_sel.is_null()
-                && selects(ns_sel, ns_labels.as_object().expect("object"))
-                // a podSelector beside a namespaceSelector narrows to some pods there;
-                // treat the namespace's pods as matching only if it selects everything
-                && (pod_sel.is_null() || pod_sel["matchLabels"].as_object().is_none_or(|m| m.is_empty()))
-        }
-    }
-}
-
-fn port_allowed(rule: &Value, port: u16) -> bool {
-    match rule["ports"].as_array() {
-        None => true,
-        Some(ports) => ports.iter().any(|p| p["port"].as_u64() == Some(u64::from(port))),
-    }
-}
-
-fn policies_for<'a>(
-    policies: &'a [&'a Value],
-    labels: &Map<String, Value>,
-    direction: &str,
-) -> Vec<&'a Value> {
-    policies
-        .iter()
-        .copied()
-        .filter(|p| {
-            selects(&p["spec"]["podSelector"], labels)
-                && p["spec"]["policyTypes"].as_array().is_some_and(|t| t.iter().any(|x| x == direction))
-        })
-        .collect()
-}
-
-/// Whether the policies let `src` open a connection to `dst`:`port` (both directions
-/// must allow it when both ends are pods of the namespace).
-fn allowed(policies: &[&Value], src: &Peer, dst: &Peer, port: u16) -> bool {
-    let egress_ok = match src {
-        Peer::Namespace(_) => true, // other namespaces' egress is not ours to decide
-        Peer::Pod(labels) => policies_for(policies, labels, "Egress").iter().any(|p| {
-            p["spec"]["egress"].as_array().into_iter().flatten().any(|rule| {
-                port_allowed(rule, port)
-                    && rule["to"].as_array().into_iter().flatten().any(|to| peer_matches(to, dst))
-            })
-        }),
-    };
-    let ingress_ok = match dst {
-        Peer::Namespace(_) => true,
-        Peer::Pod(labels) => policies_for(policies, labels, "Ingress").iter().any(|p| {
-            p["spec"]["ingress"].as_array().into_iter().flatten().any(|rule| {
-                port_allowed(rule, port)
-                    && rule["from"].as_array().into_iter().flatten().any(|from| peer_matches(from, src))
-            })
-        }),
-    };
-    egress_ok && ingress_ok
-}
 
 #[test]
 fn network_policies_allow_the_stack_flows_and_nothing_else() {
     let objects = all_objects();
     let policies: Vec<&Value> = objects.iter().filter(|o| kind(o) == "NetworkPolicy").collect();
+    let eval = Policies::new(&objects);
     let deny = policies.iter().find(|p| name(p) == "default-deny-all").expect("a default-deny policy");
     assert_eq!(deny["spec"]["podSelector"], json!({}));
     assert!(deny["spec"]["ingress"].is_null() && deny["spec"]["egress"].is_null());
@@ -97,8 +30,11 @@ fn network_policies_allow_the_stack_flows_and_nothing_else() {
             pods.insert(app, labels);
         }
     }
-    let pod = |app: &str| Peer::Pod(pods.get(app).cloned().unwrap_or_else(|| panic!("no pods of {app}")));
-    let ns = Peer::Namespace;
+    let pod = |app: &str| Peer::Pod {
+        namespace: NAMESPACE.to_string(),
+        labels: pods.get(app).cloned().unwrap_or_else(|| panic!("no pods of {app}")),
+    };
+    let ns = |n: &str| Peer::Namespace(n.to_string());
 
     let must_allow = [
         (ns("ingress-nginx"), pod("gateway"), 8080),
@@ -116,7 +52,7 @@ fn network_policies_allow_the_stack_flows_and_nothing_else() {
         (pod("responder"), pod("ollama"), 11434),
     ];
     for (src, dst, port) in &must_allow {
-        assert!(allowed(&policies, src, dst, *port), "{src:?} -> {dst:?}:{port} must be allowed");
+        assert!(eval.allows(src, dst, *port, "TCP"), "{src} -> {dst}:{port} must be allowed");
     }
     let must_deny = [
         (pod("gateway"), pod("qdrant"), 6334),
@@ -132,21 +68,72 @@ fn network_policies_allow_the_stack_flows_and_nothing_else() {
         (pod("chat-stack-init"), pod("qdrant"), 6334),
     ];
     for (src, dst, port) in &must_deny {
-        assert!(!allowed(&policies, src, dst, *port), "{src:?} -> {dst:?}:{port} must be denied");
+        assert!(!eval.allows(src, dst, *port, "TCP"), "{src} -> {dst}:{port} must be denied");
     }
 
-    // DNS for every pod.
+    // DNS for every pod (the paths themselves: every_confined_pod_resolves_names_...).
     let dns = policies.iter().find(|p| name(p) == "allow-dns").expect("allow-dns");
     assert_eq!(dns["spec"]["podSelector"], json!({}));
-    // Only Ollama may leave the cluster by default (model downloads).
+    // Only Ollama may leave the cluster by default (model downloads); allow-dns may
+    // reach the link-local resolvers, on port 53 only.
     for p in &policies {
-        let has_ip_block = p["spec"]["egress"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|r| r["to"].as_array().into_iter().flatten().any(|t| !t["ipBlock"].is_null()));
-        if has_ip_block {
-            assert_eq!(name(p), "ollama", "only Ollama reaches outside the cluster by default");
+        for rule in p["spec"]["egress"].as_array().into_iter().flatten() {
+            let blocks: Vec<&str> = rule["to"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["ipBlock"]["cidr"].as_str())
+                .collect();
+            if blocks.is_empty() {
+                continue;
+            }
+            if name(p) == "allow-dns" {
+                assert!(
+                    blocks.iter().all(|c| c.ends_with("/32") && c.starts_with("169.254.")),
+                    "allow-dns reaches only the link-local resolvers: {blocks:?}"
+                );
+                let ports = rule["ports"].as_array().expect("allow-dns names its ports");
+                assert!(ports.iter().all(|pt| pt["port"] == 53), "allow-dns: port 53 only");
+            } else {
+                assert_eq!(name(p), "ollama", "only Ollama reaches outside the cluster by default");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_confined_pod_resolves_names_under_kube_dns_and_link_local_dns() {
+    // kube-dns/CoreDNS pods, NodeLocal DNSCache (169.254.20.10) and GKE's Cloud DNS
+    // (169.254.169.254), UDP and TCP: a pod without DNS fails every connection it makes
+    // by name, and NetworkPolicies that forget one set-up only fail on those clusters.
+    let objects = all_objects();
+    let confined = deploy_tests::netpol::pods(&objects)
+        .into_iter()
+        .filter(|(_, pod)| Policies::new(&objects).isolates(pod, "Egress"))
+        .count();
+    assert!(confined >= 8, "expected every workload to be confined (found {confined})");
+    let problems = dns_problems(&objects);
+    assert!(problems.is_empty(), "pods without DNS:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn the_dns_check_rejects_policies_that_miss_a_set_up() {
+    for (file, expected) in [
+        ("broken-dns/kube-dns-only.yaml", "NodeLocal DNSCache"),
+        ("broken-dns/kube-dns-only.yaml", "GKE Cloud DNS"),
+        ("broken-dns/udp-only.yaml", "TCP 53"),
+    ] {
+        let objects = must(yaml_file(&fixture(file)));
+        let problems = dns_problems(&objects);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{file}: the DNS check did not report {expected:?}: {problems:?}"
+        );
+        if file.ends_with("kube-dns-only.yaml") {
+            assert!(
+                problems.iter().all(|p| !p.contains("kube-dns pods")),
+                "{file}: kube-dns pods are reachable"
+            );
         }
     }
 }
