@@ -21,6 +21,7 @@ use serde_json::{json, Map, Value};
 use testkit::repo_root;
 
 pub mod netpol;
+pub mod rollout;
 
 /// A path inside the repository.
 pub fn repo_path(relative: &str) -> PathBuf {

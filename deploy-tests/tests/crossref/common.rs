@@ -1,10 +1,14 @@
 //! What the sections share: the manifests as the cluster gets them, and our workloads in them.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    process::Command,
+};
 
 use deploy_tests::{
-    containers, find, kind, kustomize, name, pod_template, repo_path, string_map, yaml_documents, yaml_file,
-    yaml_files_in,
+    containers, find, kind, kustomize, name, pod_template, repo_path, run, string_map, yaml_documents,
+    yaml_file, yaml_files_in,
 };
 use serde_json::{json, Value};
 
@@ -34,6 +38,50 @@ pub fn keda() -> Vec<Value> {
         }
     }
     all
+}
+
+/// The image prefix the deploy overlay is tested with (as the workflow's, with an owner).
+pub const PUSHED_PREFIX: &str = "ghcr.io/example/chat-stack-";
+/// The docker-registry Secret the overlay wires into our pods (README, "Images from the pipeline").
+pub const PULL_SECRET: &str = "ghcr-pull";
+
+/// What `ci/deploy-overlay.sh` writes for one commit, rendered.
+pub struct Overlay {
+    /// OUT_DIR/k8s: the cluster's objects.
+    pub k8s: Vec<Value>,
+    /// OUT_DIR/keda: the ScaledObjects.
+    pub keda: Vec<Value>,
+    /// OUT_DIR/keda-scaledjobs: the optional ScaledJobs.
+    pub scaled_jobs: Vec<Value>,
+    /// OUT_DIR/init-job-name.
+    pub init_job: String,
+}
+
+/// Runs `ci/deploy-overlay.sh PUSHED_PREFIX TAG OUT [VARIANT]` and renders what it wrote.
+pub fn overlay(tag: &str, variant: Option<&str>) -> Overlay {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_path("ci/deploy-overlay.sh")).args([PUSHED_PREFIX, tag]).arg(dir.path());
+    cmd.args(variant);
+    let out = must(run(&mut cmd));
+    assert!(out.success, "ci/deploy-overlay.sh failed:\n{out}");
+    let render = |sub: &str| {
+        let d = dir.path().join(sub);
+        if d.exists() {
+            must(yaml_documents(&must(kustomize(&d))))
+        } else {
+            Vec::new()
+        }
+    };
+    Overlay {
+        k8s: render("k8s"),
+        keda: render("keda"),
+        scaled_jobs: render("keda-scaledjobs"),
+        init_job: fs::read_to_string(dir.path().join("init-job-name"))
+            .expect("init-job-name")
+            .trim()
+            .to_string(),
+    }
 }
 
 pub fn config(objects: &[Value]) -> BTreeMap<String, String> {

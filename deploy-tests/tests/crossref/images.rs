@@ -1,11 +1,13 @@
 //! Images and pipeline: image names are the ones the pipeline pushes, and the handler images
 //! carry the model the config points at.
 
-use std::{collections::BTreeSet, fs, process::Command};
+use std::{collections::BTreeSet, fs};
 
-use deploy_tests::{containers, kustomize, name, pod_template, repo_path, run, yaml_documents};
+use deploy_tests::{containers, name, pod_template, repo_path, yaml_documents};
 
-use crate::common::{all_objects, config, k8s, must, our_workloads, stage_text, MODEL_DIR, TARGETS};
+use crate::common::{
+    all_objects, config, k8s, must, our_workloads, overlay, stage_text, MODEL_DIR, PUSHED_PREFIX, TARGETS,
+};
 
 #[test]
 fn image_names_match_the_pipeline() {
@@ -59,20 +61,14 @@ fn image_names_match_the_pipeline() {
         assert_eq!(w.container["image"], format!("localhost/chat-stack-{}:dev", w.binary), "{}", w.label);
     }
     // ...and the deploy overlay replaces every one of them with the pushed image.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = must(run(Command::new("bash")
-        .arg(repo_path("ci/deploy-overlay.sh"))
-        .args(["ghcr.io/example/chat-stack-", "0123456789abcdef"])
-        .arg(dir.path())));
-    assert!(out.success, "ci/deploy-overlay.sh failed:\n{out}");
-    let rendered = must(yaml_documents(&must(kustomize(dir.path()))));
+    let overlay = overlay("0123456789abcdef", None);
     let mut seen = BTreeSet::new();
-    for obj in &rendered {
+    for obj in overlay.k8s.iter().chain(&overlay.scaled_jobs) {
         let Some(template) = pod_template(obj) else { continue };
         for c in containers(&template["spec"]) {
             let image = c["image"].as_str().unwrap_or("");
             assert!(!image.starts_with("localhost/"), "{}: {image} was not replaced", name(obj));
-            if let Some(rest) = image.strip_prefix("ghcr.io/example/chat-stack-") {
+            if let Some(rest) = image.strip_prefix(PUSHED_PREFIX) {
                 let (target, tag) = rest.split_once(':').expect("tagged");
                 assert_eq!(tag, "0123456789abcdef");
                 seen.insert(target.to_string());
