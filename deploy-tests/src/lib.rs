@@ -186,6 +186,8 @@ pub fn pod_template(obj: &Value) -> Option<&Value> {
         "Deployment" | "StatefulSet" | "Job" | "DaemonSet" | "ReplicaSet" => Some(&obj["spec"]["template"]),
         "ScaledJob" => Some(&obj["spec"]["jobTargetRef"]["template"]),
         "CronJob" => Some(&obj["spec"]["jobTemplate"]["spec"]["template"]),
+        // A pod of its own (the pods an operator creates, modelled by the tests).
+        "Pod" => Some(obj),
         _ => None,
     }
 }
@@ -210,7 +212,7 @@ pub fn string_map(obj: &Value, field: &str) -> BTreeMap<String, String> {
 }
 
 // ---------------------------------------------------------------------------------
-// KEDA objects against KEDA's CRDs
+// Custom resources (KEDA's, Strimzi's) against their CRDs
 // ---------------------------------------------------------------------------------
 
 /// The JSON Schema of the objects a CRD defines, as strict as the API server's
@@ -291,8 +293,9 @@ fn make_strict(schema: &mut Value) {
     }
 }
 
-/// The strict JSON Schemas of every KEDA kind, from the CRDs in `dir`.
-pub fn keda_schemas(dir: &Path) -> Result<BTreeMap<String, Value>> {
+/// The strict JSON Schemas of every kind the CRDs in `dir` define (ci/schemas/keda/,
+/// ci/schemas/strimzi/).
+pub fn crd_schemas(dir: &Path) -> Result<BTreeMap<String, Value>> {
     let mut schemas = BTreeMap::new();
     for file in yaml_files_in(dir)? {
         for crd in yaml_file(&file)? {
@@ -308,16 +311,19 @@ pub fn keda_schemas(dir: &Path) -> Result<BTreeMap<String, Value>> {
     Ok(schemas)
 }
 
-/// Validates KEDA objects against the strict CRD schemas with `check-jsonschema`.
-/// `objects` pairs each object with a label (its file) for messages. Every object must
-/// be of a kind the CRDs define.
-pub fn check_keda_objects(objects: &[(String, Value)], schemas: &BTreeMap<String, Value>) -> Result<Outcome> {
+/// Validates custom resources (KEDA's, Strimzi's) against the strict CRD schemas with
+/// `check-jsonschema`. `objects` pairs each object with a label (its file) for
+/// messages. Every object must be of a kind the CRDs define.
+pub fn check_crd_objects(objects: &[(String, Value)], schemas: &BTreeMap<String, Value>) -> Result<Outcome> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let mut by_kind: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for (i, (label, obj)) in objects.iter().enumerate() {
         let k = kind(obj);
         if !schemas.contains_key(k) {
-            bail!("{label}: {k:?} is not a KEDA kind (known: {:?})", schemas.keys().collect::<Vec<_>>());
+            bail!(
+                "{label}: {k:?} is not a kind of these CRDs (known: {:?})",
+                schemas.keys().collect::<Vec<_>>()
+            );
         }
         let safe: String = label.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
         let path = dir.path().join(format!("{i:02}-{safe}-{}.json", name(obj)));
@@ -325,7 +331,7 @@ pub fn check_keda_objects(objects: &[(String, Value)], schemas: &BTreeMap<String
         by_kind.entry(k.to_string()).or_default().push(path);
     }
     let mut combined = Outcome {
-        command: "check-jsonschema (per KEDA kind)".into(),
+        command: "check-jsonschema (per CRD kind)".into(),
         success: true,
         code: Some(0),
         stdout: String::new(),

@@ -242,6 +242,68 @@ pub fn dns_problems(objects: &[Value]) -> Vec<String> {
     problems
 }
 
+/// The pods and NetworkPolicies the Strimzi operator creates for the `Kafka` and
+/// `KafkaNodePool` objects among `objects`, as far as connections go: one broker pod
+/// per node pool (its labels as Strimzi sets them), and a policy per cluster that lets
+/// each listener's `networkPolicyPeers` in on its port, and the cluster's own pods in
+/// on the control-plane and replication ports (9090, 9091). Synthetic objects of kind
+/// `Pod` and `NetworkPolicy`, to add to the objects before evaluating paths.
+pub fn strimzi_model(objects: &[Value]) -> Vec<Value> {
+    let mut model = Vec::new();
+    for kafka in objects.iter().filter(|o| kind(o) == "Kafka") {
+        let cluster = crate::name(kafka);
+        let ns = namespace_of(kafka);
+        for pool in objects.iter().filter(|o| {
+            kind(o) == "KafkaNodePool" && o["metadata"]["labels"]["strimzi.io/cluster"] == json!(cluster)
+        }) {
+            let roles: Vec<&str> =
+                pool["spec"]["roles"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            model.push(json!({
+                "kind": "Pod",
+                "metadata": {
+                    "name": format!("{cluster}-{}-0", crate::name(pool)),
+                    "namespace": ns,
+                    "labels": {
+                        "strimzi.io/cluster": cluster,
+                        "strimzi.io/kind": "Kafka",
+                        "strimzi.io/name": format!("{cluster}-kafka"),
+                        "strimzi.io/pool-name": crate::name(pool),
+                        "strimzi.io/broker-role": roles.contains(&"broker").to_string(),
+                        "strimzi.io/controller-role": roles.contains(&"controller").to_string(),
+                    }
+                },
+                "spec": {}
+            }));
+        }
+        let mut ingress = vec![json!({
+            "from": [{"podSelector": {"matchLabels": {"strimzi.io/cluster": cluster}}}],
+            "ports": [{"port": 9090, "protocol": "TCP"}, {"port": 9091, "protocol": "TCP"}]
+        })];
+        for listener in kafka["spec"]["kafka"]["listeners"].as_array().into_iter().flatten() {
+            let mut rule = json!({"ports": [{"port": listener["port"], "protocol": "TCP"}]});
+            if let Some(peers) = listener["networkPolicyPeers"].as_array() {
+                rule["from"] = Value::Array(peers.clone());
+            }
+            ingress.push(rule);
+        }
+        model.push(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": format!("{cluster}-network-policy-kafka"), "namespace": ns},
+            "spec": {
+                "podSelector": {"matchLabels": {
+                    "strimzi.io/cluster": cluster,
+                    "strimzi.io/kind": "Kafka",
+                    "strimzi.io/name": format!("{cluster}-kafka")
+                }},
+                "policyTypes": ["Ingress"],
+                "ingress": ingress
+            }
+        }));
+    }
+    model
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,8 +7,8 @@
 use std::{ffi::OsStr, fs, path::Path};
 
 use deploy_tests::{
-    check_keda_objects, fixture, keda_schemas, kind, kubernetes_validate, kubernetes_validate_clean,
-    kustomize, labelled_objects, name, repo_path, run_tool, yaml_documents, yaml_file, yaml_files_in,
+    check_crd_objects, crd_schemas, fixture, kind, kubernetes_validate, kubernetes_validate_clean, kustomize,
+    labelled_objects, name, repo_path, run, run_tool, yaml_documents, yaml_file, yaml_files_in,
 };
 use serde_json::Value;
 
@@ -53,12 +53,108 @@ fn k8s_kustomization_is_strictly_valid() {
 }
 
 #[test]
-fn secret_template_and_optional_objects_are_strictly_valid() {
-    let mut files = vec![repo_path("k8s/secrets.template.yaml")];
-    files.extend(must(yaml_files_in(&repo_path("k8s/optional"))));
-    for file in files {
-        let out = must(kubernetes_validate(&file));
-        assert!(kubernetes_validate_clean(&out), "{} does not validate strictly:\n{out}", file.display());
+fn secret_template_is_strictly_valid() {
+    // (The optional objects it used to sit beside are components of the variants now.)
+    let file = repo_path("k8s/secrets.template.yaml");
+    let out = must(kubernetes_validate(&file));
+    assert!(kubernetes_validate_clean(&out), "{} does not validate strictly:\n{out}", file.display());
+}
+
+/// Validates rendered objects as strictly as the API server would: the built-in kinds
+/// with kubernetes-validate, the custom resources (Strimzi's, KEDA's) against their
+/// vendored CRDs. Returns the problems, empty when everything passed.
+fn strictly_invalid(label: &str, objects: &[Value]) -> Vec<String> {
+    let mut schemas = must(crd_schemas(&repo_path("ci/schemas/keda")));
+    schemas.extend(must(crd_schemas(&repo_path("ci/schemas/strimzi"))));
+    let custom_group = |o: &Value| {
+        let api = o["apiVersion"].as_str().unwrap_or("");
+        ["keda.sh/", "kafka.strimzi.io/"].iter().any(|g| api.starts_with(g))
+    };
+    let (custom, builtin): (Vec<&Value>, Vec<&Value>) = objects.iter().partition(|o| custom_group(o));
+    let mut problems = Vec::new();
+    let tmp = tempfile::NamedTempFile::new().expect("temp file");
+    // As JSON documents: YAML written back from the parsed objects would leave strings
+    // such as "off" unquoted, which YAML 1.1 readers take for booleans.
+    let text: String =
+        builtin.iter().map(|o| format!("---\n{}\n", serde_json::to_string(o).expect("json"))).collect();
+    fs::write(tmp.path(), text).expect("write");
+    let out = must(kubernetes_validate(tmp.path()));
+    if !kubernetes_validate_clean(&out)
+        || out.output().matches("passed for resource").count() != builtin.len()
+    {
+        problems.push(format!("{label}: kubernetes-validate:\n{out}"));
+    }
+    if !custom.is_empty() {
+        let labelled: Vec<(String, Value)> =
+            custom.iter().map(|o| (label.to_string(), (*o).clone())).collect();
+        let out = must(check_crd_objects(&labelled, &schemas));
+        if !out.success {
+            problems.push(format!("{label}: the CRD schemas:\n{out}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn every_variant_renders_and_is_strictly_valid() {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(repo_path("k8s/variants")).expect("k8s/variants").flatten() {
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["external-kafka", "ollama", "remote-openai", "strimzi", "vllm"]);
+    for v in &names {
+        let objects = must(yaml_documents(&must(kustomize(&repo_path(&format!("k8s/variants/{v}"))))));
+        let problems = strictly_invalid(v, &objects);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        assert!(!objects.iter().any(|o| kind(o) == "Secret"), "{v}: a variant applies no Secret");
+    }
+    // The strimzi variant's custom resources were among them.
+    let strimzi = must(yaml_documents(&must(kustomize(&repo_path("k8s/variants/strimzi")))));
+    for expected in ["Kafka", "KafkaNodePool", "KafkaTopic"] {
+        assert!(strimzi.iter().any(|o| kind(o) == expected), "the strimzi variant has no {expected}");
+    }
+}
+
+#[test]
+fn the_deploy_overlay_of_every_variant_is_strictly_valid() {
+    let mut choices: Vec<Option<String>> = vec![None];
+    for entry in fs::read_dir(repo_path("k8s/variants")).expect("k8s/variants").flatten() {
+        choices.push(Some(entry.file_name().to_string_lossy().into_owned()));
+    }
+    for v in choices {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(repo_path("ci/deploy-overlay.sh"))
+            .args(["ghcr.io/example/chat-stack-", "0123abc"])
+            .arg(dir.path());
+        cmd.args(&v);
+        let out = must(run(&mut cmd));
+        assert!(out.success, "{out}");
+        let mut objects = Vec::new();
+        for sub in ["k8s", "keda", "keda-scaledjobs"] {
+            if dir.path().join(sub).join("kustomization.yaml").exists() {
+                objects.extend(must(yaml_documents(&must(kustomize(&dir.path().join(sub))))));
+            }
+        }
+        let problems = strictly_invalid(&format!("overlay {v:?}"), &objects);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
+#[test]
+fn the_strimzi_schema_check_rejects_each_broken_object() {
+    let schemas = must(crd_schemas(&repo_path("ci/schemas/strimzi")));
+    for k in ["Kafka", "KafkaNodePool", "KafkaTopic"] {
+        assert!(schemas.contains_key(k), "ci/schemas/strimzi has no {k}");
+    }
+    let fixtures = must(yaml_files_in(&fixture("broken-strimzi")));
+    assert!(fixtures.len() >= 3, "expected the broken Strimzi fixtures");
+    for file in fixtures {
+        let objects: Vec<(String, Value)> =
+            must(yaml_file(&file)).into_iter().map(|o| (file.display().to_string(), o)).collect();
+        let out = must(check_crd_objects(&objects, &schemas));
+        assert!(!out.success, "{} passed the strict Strimzi schema:\n{out}", file.display());
     }
 }
 
@@ -79,12 +175,17 @@ fn kubernetes_validate_unknown_kind_counts_as_failure() {
 }
 
 fn keda_dirs() -> Vec<std::path::PathBuf> {
-    vec![repo_path("keda"), repo_path("keda/scaledjobs"), repo_path("keda/secured")]
+    vec![
+        repo_path("keda"),
+        repo_path("keda/scaledjobs"),
+        repo_path("keda/secured"),
+        repo_path("keda/external-kafka"),
+    ]
 }
 
 #[test]
 fn keda_objects_are_valid_against_the_crds_with_unknown_fields_rejected() {
-    let schemas = must(keda_schemas(&repo_path("ci/schemas/keda")));
+    let schemas = must(crd_schemas(&repo_path("ci/schemas/keda")));
     let mut objects = Vec::new();
     for dir in keda_dirs() {
         objects.extend(must(labelled_objects(&dir)));
@@ -93,19 +194,19 @@ fn keda_objects_are_valid_against_the_crds_with_unknown_fields_rejected() {
     for expected in ["ScaledObject", "ScaledJob", "TriggerAuthentication"] {
         assert!(kinds.contains(&expected), "keda/ has no {expected}");
     }
-    let out = must(check_keda_objects(&objects, &schemas));
+    let out = must(check_crd_objects(&objects, &schemas));
     assert!(out.success, "KEDA objects do not match the CRDs:\n{out}");
 }
 
 #[test]
 fn keda_schema_check_rejects_each_broken_object() {
-    let schemas = must(keda_schemas(&repo_path("ci/schemas/keda")));
+    let schemas = must(crd_schemas(&repo_path("ci/schemas/keda")));
     let fixtures = must(yaml_files_in(&fixture("broken-keda")));
     assert!(fixtures.len() >= 4, "expected the broken KEDA fixtures");
     for file in fixtures {
         let objects: Vec<(String, Value)> =
             must(yaml_file(&file)).into_iter().map(|o| (file.display().to_string(), o)).collect();
-        let out = must(check_keda_objects(&objects, &schemas));
+        let out = must(check_crd_objects(&objects, &schemas));
         assert!(!out.success, "{} passed the strict KEDA schema:\n{out}", file.display());
     }
 }

@@ -31,12 +31,42 @@ pub fn k8s() -> Vec<Value> {
 
 /// Every object under keda/ (ScaledObjects, the optional ScaledJobs and TriggerAuthentication).
 pub fn keda() -> Vec<Value> {
+    keda_dirs(&["keda", "keda/scaledjobs", "keda/secured"])
+}
+
+fn keda_dirs(dirs: &[&str]) -> Vec<Value> {
     let mut all = Vec::new();
-    for dir in ["keda", "keda/scaledjobs", "keda/secured"] {
+    for dir in dirs {
         for file in must(yaml_files_in(&repo_path(dir))) {
             all.extend(must(yaml_file(&file)));
         }
     }
+    all
+}
+
+/// The KEDA objects applied with a variant: keda/ (with the optional ScaledJobs and
+/// credentials), or for an external Kafka keda/external-kafka/ and keda/secured/.
+pub fn keda_for(variant: &str) -> Vec<Value> {
+    match variant {
+        "external-kafka" => keda_dirs(&["keda/external-kafka", "keda/secured"]),
+        _ => keda(),
+    }
+}
+
+/// Everything `kubectl apply -k k8s/variants/<variant>` creates.
+pub fn k8s_variant(variant: &str) -> Vec<Value> {
+    must(yaml_documents(&must(kustomize(&repo_path(&format!("k8s/variants/{variant}"))))))
+}
+
+/// The default (`k8s/` with keda/) and every variant with its KEDA objects, by name.
+pub fn every_variant() -> Vec<(String, Vec<Value>)> {
+    let mut all = vec![("k8s/".to_string(), all_objects())];
+    for v in variant_names() {
+        let mut objects = k8s_variant(&v);
+        objects.extend(keda_for(&v));
+        all.push((v, objects));
+    }
+    assert!(all.len() >= 6, "expected k8s/ and the five variants");
     all
 }
 
@@ -51,7 +81,7 @@ pub struct Overlay {
     pub k8s: Vec<Value>,
     /// OUT_DIR/keda: the ScaledObjects.
     pub keda: Vec<Value>,
-    /// OUT_DIR/keda-scaledjobs: the optional ScaledJobs.
+    /// OUT_DIR/keda-scaledjobs: the optional ScaledJobs (none for an external Kafka).
     pub scaled_jobs: Vec<Value>,
     /// OUT_DIR/init-job-name.
     pub init_job: String,
@@ -82,6 +112,21 @@ pub fn overlay(tag: &str, variant: Option<&str>) -> Overlay {
             .trim()
             .to_string(),
     }
+}
+
+/// The variants of k8s/variants/ (each applied with `kubectl apply -k k8s/variants/<name>`).
+pub fn variant_names() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(repo_path("k8s/variants"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().join("kustomization.yaml").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 pub fn config(objects: &[Value]) -> BTreeMap<String, String> {

@@ -14,3 +14,4 @@ mod pod_security;
 mod ports;
 mod secrets;
 mod settings;
+mod variants;

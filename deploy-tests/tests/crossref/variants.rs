@@ -1,0 +1,177 @@
+//! The variants of k8s/variants/: each is the base plus one component, and each wires
+//! the LLM or Kafka it chooses the way the binaries and KEDA read it.
+
+use std::collections::BTreeSet;
+
+use deploy_tests::{containers, find, kind, name, repo_path, resolve_port, yaml_file};
+use platform::topics;
+use serde_json::{json, Value};
+
+use crate::common::{config, k8s_variant, must, our_workloads, variant_names, NAMESPACE, SECRET};
+
+const VARIANTS: [&str; 5] = ["external-kafka", "ollama", "remote-openai", "strimzi", "vllm"];
+
+fn env_var<'a>(container: &'a Value, var: &str) -> Option<&'a Value> {
+    container["env"].as_array().into_iter().flatten().find(|e| e["name"] == var)
+}
+
+/// The Secret key a container's `var` comes from, if it must be there (not optional).
+fn required_secret(container: &Value, var: &str) -> Option<String> {
+    let r = &env_var(container, var)?["valueFrom"]["secretKeyRef"];
+    (r["name"] == SECRET && r["optional"] != json!(true)).then(|| r["key"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn every_variant_is_the_base_plus_components_in_the_stack_namespace() {
+    assert_eq!(variant_names(), VARIANTS, "k8s/variants/");
+    for v in VARIANTS {
+        let k = must(yaml_file(&repo_path(&format!("k8s/variants/{v}/kustomization.yaml")))).remove(0);
+        assert_eq!(k["resources"], json!(["../../base"]), "{v}: the base, unedited");
+        if v == "ollama" {
+            assert!(k["components"].is_null(), "ollama is the base as it is");
+        } else {
+            assert_eq!(k["components"], json!([format!("../../components/{v}")]), "{v}");
+            assert_eq!(k["namespace"], NAMESPACE, "{v}: the component's own objects too");
+        }
+        for obj in k8s_variant(v) {
+            if kind(&obj) != "Namespace" {
+                assert_eq!(obj["metadata"]["namespace"], NAMESPACE, "{v}: {} {}", kind(&obj), name(&obj));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_llm_variants_point_the_responder_at_their_llm_with_the_key_from_the_secret() {
+    for v in ["vllm", "remote-openai"] {
+        let objects = k8s_variant(v);
+        let cm = config(&objects);
+        let responder = our_workloads(&objects)
+            .into_iter()
+            .find(|w| w.label.starts_with("Deployment responder/"))
+            .expect("responder");
+        assert_eq!(
+            required_secret(&responder.container, "LLM_API_KEY").as_deref(),
+            Some("llm-api-key"),
+            "{v}: the responder's LLM_API_KEY comes from the Secret and is required"
+        );
+        assert!(!objects.iter().any(|o| name(o).starts_with("ollama")), "{v}: no Ollama object left");
+        if v == "remote-openai" {
+            assert!(cm["LLM_BASE_URL"].starts_with("https://"), "{v}: a remote API over HTTPS");
+            continue;
+        }
+        // vllm: the server the responder is pointed at, served on pod port 8000.
+        assert_eq!(cm["LLM_BASE_URL"], "http://vllm:8000/v1");
+        let deploy = must(find(&objects, "Deployment", "vllm"));
+        let spec = &deploy["spec"]["template"]["spec"];
+        let c = &containers(spec)[0];
+        let image = c["image"].as_str().unwrap_or("");
+        let tag = image.strip_prefix("vllm/vllm-openai:").expect("the vllm/vllm-openai image");
+        assert!(tag.starts_with('v') && tag != "latest", "{v}: vLLM's image pinned to a release: {image}");
+        assert_eq!(
+            required_secret(c, "VLLM_API_KEY").as_deref(),
+            Some("llm-api-key"),
+            "vLLM's API key (--api-key) and the responder's are the same Secret key"
+        );
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1", "a GPU");
+        assert!(
+            c["resources"]["requests"]["memory"].is_string() && c["resources"]["requests"]["cpu"].is_string()
+        );
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            assert_eq!(c[probe]["httpGet"]["path"], "/health", "vllm {probe}");
+            assert_eq!(must(resolve_port(c, &c[probe]["httpGet"]["port"])), 8000, "vllm {probe} port");
+        }
+        let models = spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|vol| !vol["persistentVolumeClaim"].is_null())
+            .expect("a PVC for the model cache");
+        let claim = models["persistentVolumeClaim"]["claimName"].as_str().unwrap_or("");
+        must(find(&objects, "PersistentVolumeClaim", claim));
+        let args: Vec<&str> = c["args"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let download = args.iter().find_map(|a| a.strip_prefix("--download-dir=")).expect("--download-dir");
+        assert!(
+            c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"] == models["name"] && m["mountPath"] == download),
+            "the models are downloaded into the PVC"
+        );
+        assert!(args.contains(&"--served-model-name=$(LLM_MODEL)"), "vLLM serves the model under LLM_MODEL");
+        assert_eq!(c["env"][0]["valueFrom"]["configMapKeyRef"]["key"], "LLM_MODEL");
+    }
+}
+
+#[test]
+fn the_external_kafka_variant_takes_the_brokers_and_credentials_from_the_secret() {
+    let objects = k8s_variant("external-kafka");
+    let cm = config(&objects);
+    assert!(!cm.contains_key("KAFKA_BOOTSTRAP_SERVERS"), "no in-cluster address left in the ConfigMap");
+    assert_eq!(cm["KAFKA_SECURITY_PROTOCOL"], "sasl_ssl");
+    let clients = our_workloads(&objects);
+    assert_eq!(clients.len(), 4, "gateway, responder, memory, the init Job");
+    for w in &clients {
+        for (var, key) in [
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka-bootstrap-servers"),
+            ("KAFKA_SASL_USERNAME", "kafka-sasl-username"),
+            ("KAFKA_SASL_PASSWORD", "kafka-sasl-password"),
+        ] {
+            assert_eq!(required_secret(&w.container, var).as_deref(), Some(key), "{}: {var}", w.label);
+        }
+    }
+    // KEDA: the same ScaledObjects as keda/, reading the address from the target's
+    // environment and authenticating with keda/secured/.
+    for n in ["responder", "memory"] {
+        let plain = must(yaml_file(&repo_path(&format!("keda/{n}.yaml")))).remove(0);
+        let mut external = must(yaml_file(&repo_path(&format!("keda/external-kafka/{n}.yaml")))).remove(0);
+        for t in external["spec"]["triggers"].as_array_mut().expect("triggers") {
+            assert_eq!(t["authenticationRef"], json!({"name": "kafka-auth"}), "keda/external-kafka/{n}.yaml");
+            let m = t["metadata"].as_object_mut().expect("metadata");
+            assert_eq!(m.remove("bootstrapServersFromEnv"), Some(json!("KAFKA_BOOTSTRAP_SERVERS")));
+            m.insert("bootstrapServers".into(), json!(format!("kafka.{NAMESPACE}.svc:9092")));
+            t.as_object_mut().expect("trigger").remove("authenticationRef");
+        }
+        assert_eq!(
+            external, plain,
+            "keda/external-kafka/{n}.yaml differs from keda/{n}.yaml in more than the broker"
+        );
+    }
+    let auth = must(yaml_file(&repo_path("keda/secured/kafka-auth.yaml"))).remove(0);
+    assert_eq!(name(&auth), "kafka-auth");
+}
+
+#[test]
+fn the_strimzi_variant_declares_every_topic_of_the_code() {
+    let objects = k8s_variant("strimzi");
+    let cm = config(&objects);
+    let kafka = objects.iter().find(|o| kind(o) == "Kafka").expect("a Kafka");
+    let pools: Vec<&Value> = objects.iter().filter(|o| kind(o) == "KafkaNodePool").collect();
+    assert!(!pools.is_empty(), "KRaft needs node pools");
+    let roles: BTreeSet<&str> = pools
+        .iter()
+        .flat_map(|p| p["spec"]["roles"].as_array().into_iter().flatten().filter_map(Value::as_str))
+        .collect();
+    assert_eq!(roles, BTreeSet::from(["broker", "controller"]), "KRaft: controllers and brokers");
+    for p in &pools {
+        assert_eq!(p["metadata"]["labels"]["strimzi.io/cluster"], json!(name(kafka)));
+    }
+    let partitions: u64 = cm["TOPIC_PARTITIONS"].parse().expect("TOPIC_PARTITIONS");
+    let replication: u64 = cm["TOPIC_REPLICATION"].parse().expect("TOPIC_REPLICATION");
+    let mut declared = BTreeSet::new();
+    for t in objects.iter().filter(|o| kind(o) == "KafkaTopic") {
+        assert_eq!(t["metadata"]["labels"]["strimzi.io/cluster"], json!(name(kafka)), "{}", name(t));
+        assert_eq!(t["spec"]["partitions"], json!(partitions), "{}: TOPIC_PARTITIONS", name(t));
+        assert_eq!(t["spec"]["replicas"], json!(replication), "{}: TOPIC_REPLICATION", name(t));
+        declared.insert(t["spec"]["topicName"].as_str().expect("topicName").to_string());
+    }
+    let wanted: BTreeSet<String> = topics::all_with_dlq().into_iter().collect();
+    assert_eq!(declared, wanted, "the topics and dead-letter topics of platform::topics");
+    // The clients and KEDA keep `kafka:9092`: the Service selects the brokers.
+    let svc = must(find(&objects, "Service", "kafka"));
+    assert_eq!(svc["spec"]["selector"]["strimzi.io/cluster"], json!(name(kafka)));
+    assert_eq!(svc["spec"]["selector"]["strimzi.io/broker-role"], "true");
+    assert!(!objects.iter().any(|o| kind(o) == "StatefulSet" && name(o) == "kafka"));
+    // (The strict schema check of these objects is in validators.rs.)
+}
