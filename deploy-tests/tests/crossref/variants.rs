@@ -175,3 +175,36 @@ fn the_strimzi_variant_declares_every_topic_of_the_code() {
     assert!(!objects.iter().any(|o| kind(o) == "StatefulSet" && name(o) == "kafka"));
     // (The strict schema check of these objects is in validators.rs.)
 }
+
+#[test]
+fn committed_offsets_outlive_the_log_in_every_kafka_we_ship() {
+    // An idle group whose commits expired (offsets.retention.minutes) makes KEDA count
+    // the whole log-end offset as lag: keep commits far longer than records.
+    let base = k8s_variant("ollama");
+    let props = must(find(&base, "ConfigMap", "kafka-config"))["data"]["server.properties"]
+        .as_str()
+        .expect("server.properties")
+        .to_string();
+    let prop = |key: &str| -> u64 {
+        props
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("server.properties sets no {key}"))
+    };
+    let strimzi = k8s_variant("strimzi");
+    let config = &strimzi.iter().find(|o| kind(o) == "Kafka").expect("Kafka")["spec"]["kafka"]["config"];
+    for (label, log_hours, offsets_minutes) in [
+        ("k8s/base/kafka.yaml", prop("log.retention.hours"), prop("offsets.retention.minutes")),
+        (
+            "the strimzi Kafka",
+            config["log.retention.hours"].as_u64().expect("log.retention.hours"),
+            config["offsets.retention.minutes"].as_u64().expect("offsets.retention.minutes"),
+        ),
+    ] {
+        assert!(
+            offsets_minutes >= 4 * log_hours * 60,
+            "{label}: offsets kept {offsets_minutes} min, records {log_hours} h: commits must outlive the log"
+        );
+    }
+}
