@@ -145,6 +145,28 @@ pub fn kustomize(dir: &Path) -> Result<String> {
     Ok(out.stdout)
 }
 
+/// `kubectl kustomize` of a kustomization (written to a temp dir) that combines
+/// `resources` (kustomization directories) and `components` in `namespace`, as a
+/// user's own kustomization would.
+pub fn kustomize_combined(resources: &[&Path], components: &[&Path], namespace: &str) -> Result<String> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    // kustomize takes relative paths only: from the temp dir up to / and down again.
+    let up = "../".repeat(dir.path().components().count().saturating_sub(1));
+    let rel = |p: &Path| format!("{up}{}", p.to_string_lossy().trim_start_matches('/').trim_end_matches('/'));
+    let mut text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {namespace}\nresources:\n"
+    );
+    for r in resources {
+        text.push_str(&format!("  - {}\n", rel(r)));
+    }
+    text.push_str("components:\n");
+    for c in components {
+        text.push_str(&format!("  - {}\n", rel(c)));
+    }
+    fs::write(dir.path().join("kustomization.yaml"), text)?;
+    kustomize(dir.path())
+}
+
 /// `kubernetes-validate --strict` on `file`; an unknown kind (only a warning for the
 /// tool) is a failure here, as it would be for `kubectl apply` without its CRD.
 pub fn kubernetes_validate(file: &Path) -> Result<Outcome> {

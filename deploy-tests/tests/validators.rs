@@ -66,9 +66,10 @@ fn secret_template_is_strictly_valid() {
 fn strictly_invalid(label: &str, objects: &[Value]) -> Vec<String> {
     let mut schemas = must(crd_schemas(&repo_path("ci/schemas/keda")));
     schemas.extend(must(crd_schemas(&repo_path("ci/schemas/strimzi"))));
+    schemas.extend(must(crd_schemas(&repo_path("ci/schemas/gateway-api"))));
     let custom_group = |o: &Value| {
         let api = o["apiVersion"].as_str().unwrap_or("");
-        ["keda.sh/", "kafka.strimzi.io/"].iter().any(|g| api.starts_with(g))
+        ["keda.sh/", "kafka.strimzi.io/", "gateway.networking.k8s.io/"].iter().any(|g| api.starts_with(g))
     };
     let (custom, builtin): (Vec<&Value>, Vec<&Value>) = objects.iter().partition(|o| custom_group(o));
     let mut problems = Vec::new();
@@ -140,6 +141,21 @@ fn the_deploy_overlay_of_every_variant_is_strictly_valid() {
         let problems = strictly_invalid(&format!("overlay {v:?}"), &objects);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
+}
+
+#[test]
+fn the_gateway_api_component_is_strictly_valid() {
+    let rendered = must(deploy_tests::kustomize_combined(
+        &[&repo_path("k8s/variants/ollama")],
+        &[&repo_path("k8s/components/gateway-api")],
+        "chat-stack",
+    ));
+    let objects = must(yaml_documents(&rendered));
+    for expected in ["Gateway", "HTTPRoute"] {
+        assert!(objects.iter().any(|o| kind(o) == expected), "the component has no {expected}");
+    }
+    let problems = strictly_invalid("base + components/gateway-api", &objects);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]

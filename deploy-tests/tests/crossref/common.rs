@@ -58,6 +58,17 @@ pub fn k8s_variant(variant: &str) -> Vec<Value> {
     must(yaml_documents(&must(kustomize(&repo_path(&format!("k8s/variants/{variant}"))))))
 }
 
+/// `k8s/variants/<variant>` with one more component of k8s/components/ (as a user's own
+/// kustomization would combine them), rendered.
+pub fn variant_with_component(variant: &str, component: &str) -> Vec<Value> {
+    let rendered = must(deploy_tests::kustomize_combined(
+        &[&repo_path(&format!("k8s/variants/{variant}"))],
+        &[&repo_path(&format!("k8s/components/{component}"))],
+        NAMESPACE,
+    ));
+    must(yaml_documents(&rendered))
+}
+
 /// The default (`k8s/` with keda/) and every variant with its KEDA objects, by name.
 pub fn every_variant() -> Vec<(String, Vec<Value>)> {
     let mut all = vec![("k8s/".to_string(), all_objects())];

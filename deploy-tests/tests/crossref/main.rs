@@ -7,6 +7,7 @@
 
 mod common;
 mod deploy_overlay;
+mod exposure;
 mod images;
 mod keda;
 mod network_policies;
