@@ -38,8 +38,8 @@ pub fn tool(name: &str) -> Result<PathBuf> {
     testkit::which(name).ok_or_else(|| {
         anyhow!(
             "`{name}` is not on PATH. The manifest tests need the validators from \
-                 ci/deps/validators.sh: run `eval \"$(ci/deps/validators.sh ensure)\"` first \
-                 (ci/test.sh and ci/validate.sh do)"
+                 ci/deps/validators.sh: run `source ci/lib.sh && use_env ci/deps/validators.sh ensure` \
+                 first (ci/test.sh and ci/validate.sh do)"
         )
     })
 }

@@ -1,8 +1,8 @@
 //! The validators, run on the real files and on deliberately broken fixtures
 //! (deploy-tests/fixtures/): each must accept the first and reject the second.
 //!
-//! The tools come from ci/deps/validators.sh (`eval "$(ci/deps/validators.sh ensure)"`);
-//! a missing tool fails the test with that instruction.
+//! The tools come from ci/deps/validators.sh (`source ci/lib.sh && use_env
+//! ci/deps/validators.sh ensure`); a missing tool fails the test with that instruction.
 
 use std::{ffi::OsStr, fs, path::Path};
 
@@ -53,11 +53,13 @@ fn k8s_kustomization_is_strictly_valid() {
 }
 
 #[test]
-fn secret_template_is_strictly_valid() {
-    // (The optional objects it used to sit beside are components of the variants now.)
-    let file = repo_path("k8s/secrets.template.yaml");
-    let out = must(kubernetes_validate(&file));
-    assert!(kubernetes_validate_clean(&out), "{} does not validate strictly:\n{out}", file.display());
+fn secret_template_and_optional_objects_are_strictly_valid() {
+    let mut files = vec![repo_path("k8s/secrets.template.yaml")];
+    files.extend(must(yaml_files_in(&repo_path("k8s/optional"))));
+    for file in files {
+        let out = must(kubernetes_validate(&file));
+        assert!(kubernetes_validate_clean(&out), "{} does not validate strictly:\n{out}", file.display());
+    }
 }
 
 /// Validates rendered objects as strictly as the API server would: the built-in kinds

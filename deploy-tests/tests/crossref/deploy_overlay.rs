@@ -118,3 +118,127 @@ fn the_pull_secret_check_rejects_a_local_image_and_a_private_image_without_secre
     assert!(problems.iter().any(|p| p.contains("local image")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("without the pull secret")), "{problems:?}");
 }
+
+/// Plural resource name of a kind, as RBAC rules name it.
+fn resource_of(kind_: &str) -> String {
+    let lower = kind_.to_lowercase();
+    let consonant_y = lower.ends_with('y') && !["ay", "ey", "oy", "uy"].iter().any(|v| lower.ends_with(v));
+    if consonant_y {
+        format!("{}ies", &lower[..lower.len() - 1])
+    } else if lower.ends_with('s') {
+        format!("{lower}es")
+    } else {
+        format!("{lower}s")
+    }
+}
+
+#[test]
+fn the_diff_identity_can_diff_everything_the_overlay_renders_and_nothing_more() {
+    let rbac = must(yaml_file(&repo_path("k8s/optional/ci-diff-rbac.yaml")));
+    let role = must(find(&rbac, "Role", "ci-diff"));
+    let cluster_role = rbac.iter().find(|o| o["kind"] == "ClusterRole").expect("a ClusterRole");
+    for rule in role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(cluster_role["rules"].as_array().into_iter().flatten())
+    {
+        for field in ["apiGroups", "resources", "verbs"] {
+            assert!(
+                !rule[field].as_array().into_iter().flatten().any(|v| v == "*"),
+                "no wildcards in the diff identity's rules: {rule}"
+            );
+        }
+        for verb in rule["verbs"].as_array().into_iter().flatten() {
+            assert!(["get", "list", "create", "patch"].contains(&verb.as_str().unwrap_or("")), "verb {verb}");
+        }
+        assert!(!rule["resources"].as_array().into_iter().flatten().any(|r| r == "secrets"), "no Secrets");
+    }
+    let allows = |rules: &Value, group: &str, resource: &str, verb: &str, name_: Option<&str>| {
+        rules.as_array().into_iter().flatten().any(|r| {
+            let has = |f: &str, v: &str| r[f].as_array().into_iter().flatten().any(|x| x == v);
+            has("apiGroups", group)
+                && has("resources", resource)
+                && has("verbs", verb)
+                && (r["resourceNames"].is_null() || name_.is_some_and(|n| has("resourceNames", n)))
+        })
+    };
+    let mut objects: Vec<Value> = Vec::new();
+    for variant in deploy_choices() {
+        objects.extend(everything(&overlay("0123abc", variant.as_deref())));
+    }
+    objects.extend(crate::common::variant_with_component("ollama", "gateway-api"));
+    for obj in &objects {
+        let api = obj["apiVersion"].as_str().unwrap_or("");
+        let group = api.rsplit_once('/').map_or("", |(g, _)| g);
+        let resource = resource_of(obj["kind"].as_str().unwrap_or(""));
+        for verb in ["get", "create", "patch"] {
+            let ok = if obj["kind"] == "Namespace" {
+                verb == "create"
+                    || allows(
+                        &cluster_role["rules"],
+                        group,
+                        &resource,
+                        verb,
+                        obj["metadata"]["name"].as_str(),
+                    )
+            } else {
+                allows(&role["rules"], group, &resource, verb, None)
+            };
+            assert!(ok, "the diff identity cannot {verb} {group}/{resource} ({})", obj["metadata"]["name"]);
+        }
+    }
+}
+
+/// What lets a pull request's code near the deploy credential, or hides a failing
+/// install: the deploy kubeconfig (secret KUBECONFIG) used outside a job that runs only
+/// for pushes to main behind an environment, and `eval "$(… ensure)"`.
+fn credential_problems(workflow_text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if workflow_text.contains("eval \"$(") {
+        problems.push("`eval \"$(… ensure)\"` hides a failing install: use ci/lib.sh's use_env".into());
+    }
+    let workflow = must(yaml_documents(workflow_text)).remove(0);
+    for (id, job) in workflow["jobs"].as_object().into_iter().flatten() {
+        let text = serde_yaml::to_string(job).unwrap_or_default();
+        if !text.contains("secrets.KUBECONFIG }}") {
+            continue;
+        }
+        let cond = job["if"].as_str().unwrap_or("");
+        if !(cond.contains("github.event_name == 'push'") && cond.contains("refs/heads/main")) {
+            problems.push(format!("job {id}: the deploy credential outside pushes to main (if: {cond:?})"));
+        }
+        let env_name = job["environment"].as_str().or_else(|| job["environment"]["name"].as_str());
+        if env_name.is_none() {
+            problems
+                .push(format!("job {id}: the deploy credential without an environment (required reviewers)"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_deploy_credential_is_behind_an_environment_and_never_in_a_pull_request() {
+    let text = fs::read_to_string(repo_path(".github/workflows/ci.yml")).expect("workflow");
+    let problems = credential_problems(&text);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let workflow = must(yaml_documents(&text)).remove(0);
+    let diff = &workflow["jobs"]["diff"];
+    assert_eq!(diff["if"], "github.event_name == 'pull_request'");
+    assert_eq!(diff["environment"], "cluster-diff");
+    assert!(serde_yaml::to_string(diff).unwrap_or_default().contains("secrets.KUBECONFIG_DIFF }}"));
+    assert_eq!(workflow["jobs"]["deploy"]["environment"], "production");
+    let readme = fs::read_to_string(repo_path("README.md")).expect("README.md");
+    for needed in ["KUBECONFIG_DIFF", "cluster-diff", "production", "k8s/optional/ci-diff-rbac.yaml"] {
+        assert!(readme.contains(needed), "README must explain {needed}");
+    }
+}
+
+#[test]
+fn the_credential_check_rejects_a_pull_request_job_with_the_deploy_kubeconfig() {
+    let text = fs::read_to_string(fixture("broken-workflow-deploy.yml")).expect("fixture");
+    let problems = credential_problems(&text);
+    for expected in ["eval", "outside pushes to main", "without an environment"] {
+        assert!(problems.iter().any(|p| p.contains(expected)), "{expected:?} not reported: {problems:?}");
+    }
+}
