@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Manifest and pipeline validation alone (the GitHub workflow's `manifests` job; the
 # README's test command, ci/test.sh, runs the same tests inside its workspace run):
-# kubectl kustomize + kubernetes-validate --strict, KEDA objects against KEDA's CRDs
-# with unknown fields rejected, hadolint, actionlint (+ ShellCheck), zizmor --offline,
-# yamllint, and the cross-reference tests between manifests, code and pipeline.
+# kubectl kustomize (k8s/, every variant, the deploy overlay) + kubernetes-validate
+# --strict, KEDA's, Strimzi's and the Gateway API's objects against their CRDs
+# (ci/schemas/) with unknown fields rejected, hadolint, actionlint (+ ShellCheck),
+# zizmor --offline, yamllint, and the cross-reference tests between manifests, code and
+# pipeline.
 # All of them are the Rust tests of deploy-tests/.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
