@@ -31,6 +31,13 @@ pub enum SettingsError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// A variable still holds a placeholder of `k8s/secrets.template.yaml`: the stack
+    /// would run with publicly known keys.
+    #[error("{name} holds the placeholder of k8s/secrets.template.yaml ({PLACEHOLDER}…): create the real Secret with the README's `kubectl create secret` commands, and leave out the keys you do not use")]
+    Placeholder {
+        /// The variable (or its `*_FILE`).
+        name: String,
+    },
     /// A `*_FILE` variable names a file that cannot be read.
     #[error("{name}={path:?}: cannot read the file: {source}")]
     File {
@@ -106,7 +113,11 @@ impl Env {
 
     /// The value of `name`, or an error saying what it should hold.
     pub fn required(&self, name: &str, help: &str) -> Result<String, SettingsError> {
-        self.optional(name).ok_or_else(|| SettingsError::Missing { name: name.into(), help: help.into() })
+        let value = self
+            .optional(name)
+            .ok_or_else(|| SettingsError::Missing { name: name.into(), help: help.into() })?;
+        refuse_placeholder(name, &value)?;
+        Ok(value)
     }
 
     /// `name` parsed as `T`, or `default` when unset.
@@ -145,7 +156,10 @@ impl Env {
         let file_var = format!("{name}_FILE");
         match (self.optional(name), self.optional(&file_var)) {
             (Some(_), Some(_)) => Err(SettingsError::Ambiguous { name: name.into() }),
-            (Some(value), None) => Ok(Some(SecretString::from(value))),
+            (Some(value), None) => {
+                refuse_placeholder(name, &value)?;
+                Ok(Some(SecretString::from(value)))
+            }
             (None, Some(path)) => {
                 let path = PathBuf::from(path);
                 let text = std::fs::read_to_string(&path).map_err(|source| SettingsError::File {
@@ -154,6 +168,7 @@ impl Env {
                     source,
                 })?;
                 let value = text.trim_end_matches(['\r', '\n']).to_string();
+                refuse_placeholder(&file_var, &value)?;
                 if value.is_empty() {
                     return Err(SettingsError::Invalid {
                         name: file_var,
@@ -176,6 +191,16 @@ impl Env {
     }
 }
 
+/// What every placeholder value of `k8s/secrets.template.yaml` starts with.
+pub const PLACEHOLDER: &str = "REPLACE-ME";
+
+fn refuse_placeholder(name: &str, value: &str) -> Result<(), SettingsError> {
+    if value.contains(PLACEHOLDER) {
+        return Err(SettingsError::Placeholder { name: name.into() });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +211,24 @@ mod tests {
     fn missing_variables_are_named_with_help() {
         let err = Env::default().required("KAFKA_BOOTSTRAP_SERVERS", "host:port list").unwrap_err();
         assert_eq!(err.to_string(), "KAFKA_BOOTSTRAP_SERVERS is required: host:port list");
+    }
+
+    #[test]
+    fn the_secret_templates_placeholders_are_refused_without_echoing_them() {
+        let template = "REPLACE-ME-with-openssl-rand-hex-32-output-000000";
+        let env =
+            Env::from_pairs([("JWT_SECRET", template), ("KAFKA_BOOTSTRAP_SERVERS", "REPLACE-ME-b:9096")]);
+        let err = env.secret("JWT_SECRET").unwrap_err().to_string();
+        assert!(err.starts_with("JWT_SECRET holds the placeholder"), "{err}");
+        assert!(!err.contains(template), "{err}");
+        let err = env.required("KAFKA_BOOTSTRAP_SERVERS", "host:port").unwrap_err().to_string();
+        assert!(err.contains("create the real Secret"), "{err}");
+
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        writeln!(file, "{template}").expect("write");
+        let env = Env::from_pairs([("CONVERSATION_KEY_FILE", file.path().to_str().expect("utf-8"))]);
+        let err = env.secret("CONVERSATION_KEY").unwrap_err().to_string();
+        assert!(err.starts_with("CONVERSATION_KEY_FILE holds the placeholder"), "{err}");
     }
 
     #[test]

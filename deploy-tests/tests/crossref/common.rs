@@ -149,6 +149,22 @@ pub fn secret_template() -> BTreeMap<String, String> {
     string_map(must(find(&docs, "Secret", SECRET)), "stringData")
 }
 
+/// The Secret as a user fills it in: every key of the template, with a real-looking
+/// value in place of its placeholder.
+pub fn filled_secret() -> BTreeMap<String, String> {
+    secret_template()
+        .into_keys()
+        .map(|key| {
+            let value = if key.contains("bootstrap-servers") {
+                "broker-1.example.com:9096,broker-2.example.com:9096".to_string()
+            } else {
+                format!("{key}-value-0123456789abcdef0123456789abcdef")
+            };
+            (key, value)
+        })
+        .collect()
+}
+
 /// A container running one of our binaries, with where it comes from.
 pub struct Workload {
     pub label: String,

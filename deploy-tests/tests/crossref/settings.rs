@@ -13,8 +13,8 @@ use platform::topics;
 use serde_json::{json, Value};
 
 use crate::common::{
-    config, every_variant, k8s, must, our_workloads, required_secret_keys, secret_template, Workload,
-    CONFIG_MAP, MODEL_DIR, SECRET,
+    config, every_variant, filled_secret, k8s, must, our_workloads, required_secret_keys, secret_template,
+    Workload, CONFIG_MAP, MODEL_DIR, SECRET,
 };
 
 /// The environment `w` gets in the cluster, with Secret files and the image's model
@@ -50,7 +50,7 @@ fn every_binary_accepts_the_environment_its_manifest_gives_it() {
 
 fn accepts_its_environment(variant_name: &str, objects: &[Value]) {
     let cm = config(objects);
-    let full_secret = secret_template();
+    let full_secret = filled_secret();
     let required = required_secret_keys(objects);
     let minimal_secret: BTreeMap<String, String> = full_secret
         .iter()
@@ -85,6 +85,21 @@ fn accepts_its_environment(variant_name: &str, objects: &[Value]) {
                 env.keys().collect::<Vec<_>>()
             );
         }
+        // The template applied as it is would run with publicly known keys: refused.
+        let root = tempfile::tempdir().expect("temp dir");
+        let out = check_config(&binary, &env_for(w, &cm, &secret_template(), root.path()));
+        assert_eq!(
+            out.code,
+            Some(2),
+            "{variant_name}: {}: check-config with the template's placeholders:\n{out}",
+            w.label
+        );
+        assert!(
+            out.output().contains("placeholder of k8s/secrets.template.yaml")
+                && !out.output().contains("REPLACE-ME-"),
+            "{}: the error must say the Secret is the template's, without echoing it:\n{out}",
+            w.label
+        );
         // check-config really checks: without the broker address it must name it.
         let root = tempfile::tempdir().expect("temp dir");
         let mut env = env_for(w, &cm, &full_secret, root.path());
