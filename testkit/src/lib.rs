@@ -269,7 +269,8 @@ pub fn metric_total(metrics: &str, name: &str) -> f64 {
         .lines()
         .filter(|l| l.split(['{', ' ']).next() == Some(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        // Not `sum()`: an empty f64 sum is -0.0, which reads "-0" in a drill's figures.
+        .fold(0.0, |total, v| total + v)
 }
 
 /// The HTTP status of `GET path` on 127.0.0.1:`port`, if anything answers.
