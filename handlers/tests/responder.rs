@@ -121,6 +121,7 @@ async fn a_reply_uses_a_fact_from_an_earlier_turn_that_only_memory_holds() {
 
 /// A responder on a broker with `partitions` per topic, and watchers of the DLQ and the
 /// replies, for the dead-letter tests.
+/// Bind every field when taking it apart: `..` would stop Qdrant and the LLM at once.
 struct DeadLetterRun {
     kafka: Kafka,
     responder: HandlerProcess,
@@ -147,7 +148,8 @@ impl DeadLetterRun {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_record_is_dead_lettered_and_processing_continues() {
-    let DeadLetterRun { kafka, responder, mut dlq, mut replies, .. } = DeadLetterRun::start(2).await;
+    let DeadLetterRun { kafka, responder, mut dlq, mut replies, _qdrant, _llm } =
+        DeadLetterRun::start(2).await;
 
     let conversation = Uuid::new_v4().to_string();
     kafka.send_raw(topics::USER_MESSAGES, &conversation, b"{not json").await;
@@ -159,7 +161,8 @@ async fn a_poison_record_is_dead_lettered_and_processing_continues() {
     let good = UserMessage::new(conversation.parse().expect("uuid"), "alice", "Hello!");
     kafka.send(&good).await;
 
-    replies.until(MINUTE, |seen| has_final(seen, good.message_id)).await;
+    let seen = replies.until(MINUTE, |seen| has_final(seen, good.message_id)).await;
+    assert!(done_text(seen, good.message_id).is_some(), "the next message is answered, not errored");
     let letters = dlq.until(MINUTE, |seen| seen.len() >= 2).await;
     assert_eq!(letters[0].payload(), Some(&b"{not json"[..]), "original bytes kept");
     assert_eq!(letters[1].payload(), Some(&future_version[..]));
@@ -176,7 +179,8 @@ async fn a_poison_record_is_dead_lettered_and_processing_continues() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_too_large_to_dead_letter_whole_gets_a_pointer_and_processing_continues() {
-    let DeadLetterRun { kafka, responder, mut dlq, mut replies, .. } = DeadLetterRun::start(1).await;
+    let DeadLetterRun { kafka, responder, mut dlq, mut replies, _qdrant, _llm } =
+        DeadLetterRun::start(1).await;
 
     // Just under librdkafka's default message.max.bytes (1 000 000) with its key and
     // framing: it can be written, but not again with the dead letter's headers added.
@@ -186,7 +190,8 @@ async fn a_record_too_large_to_dead_letter_whole_gets_a_pointer_and_processing_c
     let good = UserMessage::new(conversation.parse().expect("uuid"), "alice", "Hello!");
     kafka.send(&good).await;
 
-    replies.until(MINUTE, |seen| has_final(seen, good.message_id)).await;
+    let seen = replies.until(MINUTE, |seen| has_final(seen, good.message_id)).await;
+    assert!(done_text(seen, good.message_id).is_some(), "the next message is answered, not errored");
     let letters = dlq.until(MINUTE, |seen| !seen.is_empty()).await;
     let letter = &letters[0];
     assert_eq!(letter.payload(), None, "the payload is left out");
