@@ -265,9 +265,15 @@ pub fn cpu_secs(pid: u32) -> f64 {
 /// The sum of every series of Prometheus metric `name` in a `/metrics` text (e.g.
 /// `x_seconds_sum` over all its labels).
 pub fn metric_total(metrics: &str, name: &str) -> f64 {
+    metric_with(metrics, name, "")
+}
+
+/// The sum of the series of metric `name` whose line holds `label` (e.g.
+/// `outcome="ok"`).
+pub fn metric_with(metrics: &str, name: &str, label: &str) -> f64 {
     metrics
         .lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         // Not `sum()`: an empty f64 sum is -0.0, which reads "-0" in a drill's figures.
         .fold(0.0, |total, v| total + v)

@@ -129,12 +129,10 @@ impl HandlerProcess {
 
     /// The sum of `handler_records_total` samples with `outcome`.
     pub async fn records(&self, outcome: &str) -> f64 {
-        let needle = format!("outcome=\"{outcome}\"");
-        self.metrics()
-            .await
-            .lines()
-            .filter(|l| l.starts_with("handler_records_total") && l.contains(&needle))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        testkit::metric_with(
+            &self.metrics().await,
+            "handler_records_total",
+            &format!("outcome=\"{outcome}\""),
+        )
     }
 }

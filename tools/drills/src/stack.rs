@@ -73,9 +73,7 @@ impl Service {
 
     /// The samples of metric `name` whose labels include `label` (e.g. `part="similar"`).
     pub async fn metric_with(&self, name: &str, label: &str) -> anyhow::Result<f64> {
-        let text = self.metrics().await?;
-        let lines = text.lines().filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label));
-        Ok(lines.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).fold(0.0, |total, v| total + v))
+        Ok(testkit::metric_with(&self.metrics().await?, name, label))
     }
 }
 
