@@ -10,6 +10,7 @@ mod deploy_overlay;
 mod exposure;
 mod images;
 mod keda;
+mod monitoring;
 mod network_policies;
 mod pod_security;
 mod ports;
