@@ -13,6 +13,8 @@ use platform::{
     trace_context::TraceParent,
 };
 use rdkafka::{
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
     consumer::{Consumer, StreamConsumer},
     message::{Headers, OwnedMessage},
     producer::FutureRecord,
@@ -113,6 +115,33 @@ impl Kafka {
         .await
         .expect("lag task")
         .expect("lag")
+    }
+
+    /// The group's committed offset per partition of `topics` (`None`: no commit).
+    pub async fn committed(
+        &self,
+        group: &'static str,
+        topics: &'static [&'static str],
+    ) -> Vec<(String, i32, Option<i64>)> {
+        let client = self.settings.base_consumer(group).expect("client");
+        tokio::task::spawn_blocking(move || lag::committed_offsets(&client, topics, Duration::from_secs(5)))
+            .await
+            .expect("committed task")
+            .expect("committed offsets")
+    }
+
+    /// Deletes `group` and its committed offsets, as the broker does once an empty
+    /// group's offsets outlive `offsets.retention.minutes`.
+    pub async fn delete_group(&self, group: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.settings.base_config().create().expect("admin client");
+        let results = admin
+            .delete_groups(&[group], &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))))
+            .await
+            .expect("DeleteGroups answered");
+        for result in results {
+            result.unwrap_or_else(|(g, e)| panic!("deleting group {g}: {e}"));
+        }
     }
 
     /// Waits until the group's lag is 0 (fails after `timeout`).

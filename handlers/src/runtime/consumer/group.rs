@@ -102,7 +102,7 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Error(err) = rebalance {
             // librdkafka drops the assignment without a revoke: forget everything, so
             // nothing is committed for partitions this process may no longer own.
@@ -111,6 +111,16 @@ impl ConsumerContext for GroupContext {
             tracing::warn!(error = %err, "rebalance failed; the assignment was dropped");
         }
         if let Rebalance::Assign(list) = rebalance {
+            // Here, before any record of the new partitions reaches the tracker, a commit
+            // cannot overtake a later one.
+            match commit_start_where_uncommitted(consumer, list) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(partitions = n, "committed the start of partitions without a commit"),
+                Err(err) => tracing::warn!(
+                    error = format!("{err:#}"),
+                    "could not commit the start of partitions without a commit; KEDA may see lag that is not there"
+                ),
+            }
             self.status.set_assigned(true);
             tracing::info!(
                 partitions = list.count(),
@@ -119,6 +129,35 @@ impl ConsumerContext for GroupContext {
             );
         }
     }
+}
+
+/// How long the assignment-time lookups may take (they hold up the first fetch).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Commits, for each partition in `assigned` that the group has no commit for, the
+/// position the consumer starts from there (the log start: `auto.offset.reset` is
+/// earliest). Without it KEDA counts the partition's whole log-end offset as lag (it
+/// does not subtract the log start): once the broker has expired an idle group's
+/// commits, an idle partition whose records retention removed would keep a replica up
+/// for ever, since nothing there is ever processed and so nothing is committed.
+/// Returns how many partitions got a commit.
+fn commit_start_where_uncommitted<C: Consumer<GroupContext>>(
+    consumer: &C,
+    assigned: &TopicPartitionList,
+) -> anyhow::Result<usize> {
+    let committed = consumer.committed_offsets(assigned.clone(), LOOKUP_TIMEOUT)?;
+    let mut starts = TopicPartitionList::new();
+    for e in committed.elements() {
+        if matches!(e.offset(), Offset::Offset(o) if o >= 0) {
+            continue;
+        }
+        let (log_start, _) = consumer.fetch_watermarks(e.topic(), e.partition(), LOOKUP_TIMEOUT)?;
+        starts.add_partition_offset(e.topic(), e.partition(), Offset::Offset(log_start))?;
+    }
+    if starts.count() > 0 {
+        consumer.commit(&starts, CommitMode::Sync)?;
+    }
+    Ok(starts.count())
 }
 
 /// Publishes the group's total lag (as KEDA computes it) every few seconds.
