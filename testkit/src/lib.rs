@@ -433,17 +433,22 @@ pub struct LlamaServer {
 impl LlamaServer {
     /// Serves SmolLM2-135M-Instruct for chat completions (model name `smollm2`).
     pub fn chat() -> anyhow::Result<Self> {
-        Self::start("run-chat", &["LLAMA_SERVER_BIN", "CHAT_MODEL_GGUF"])
+        Self::chat_on(free_port()?)
+    }
+
+    /// Serves chat on `port`: for a test whose clients were told the address before the
+    /// server existed (an LLM that starts late).
+    pub fn chat_on(port: u16) -> anyhow::Result<Self> {
+        Self::start("run-chat", &["LLAMA_SERVER_BIN", "CHAT_MODEL_GGUF"], port)
     }
 
     /// Serves all-MiniLM-L6-v2 for `/v1/embeddings` (model name `all-minilm-l6-v2`).
     pub fn embeddings() -> anyhow::Result<Self> {
-        Self::start("run-embed", &["LLAMA_SERVER_BIN", "EMBED_MODEL_GGUF"])
+        Self::start("run-embed", &["LLAMA_SERVER_BIN", "EMBED_MODEL_GGUF"], free_port()?)
     }
 
-    fn start(mode: &str, vars: &[&str]) -> anyhow::Result<Self> {
+    fn start(mode: &str, vars: &[&str], port: u16) -> anyhow::Result<Self> {
         require_env(vars)?;
-        let port = free_port()?;
         let dir = tempfile::tempdir()?;
         let mut process = Process::spawn_script(
             "llama-server",

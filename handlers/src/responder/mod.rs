@@ -1,6 +1,7 @@
 //! The responder: answers each user message with the LLM, streaming the reply to
 //! `model_responses` as `token` events and one final `done` (or `error`).
 
+pub mod cold_start;
 pub mod prompt;
 pub mod recall;
 pub mod stream;
@@ -20,6 +21,7 @@ use platform::{
     topics,
 };
 
+use cold_start::ColdStart;
 pub use recall::{Recall, Recalled};
 
 /// The responder's settings.
@@ -29,6 +31,8 @@ pub struct ResponderSettings {
     pub llm: Endpoint,
     /// Longest reply, in tokens.
     pub max_tokens: u32,
+    /// How long an unreachable LLM counts as starting rather than failing.
+    pub cold_start_budget: Duration,
     /// Sampling temperature; the server's default when unset.
     pub temperature: Option<f32>,
     /// The system prompt.
@@ -49,6 +53,7 @@ impl ResponderSettings {
         Ok(Self {
             llm: Endpoint::from_env(env, "LLM")?,
             max_tokens: env.parse_or("LLM_MAX_TOKENS", 512)?,
+            cold_start_budget: Duration::from_secs(env.parse_or("LLM_COLD_START_SECS", 300)?),
             temperature: match env.optional("LLM_TEMPERATURE") {
                 None => None,
                 Some(_) => Some(env.parse_or("LLM_TEMPERATURE", 0.0)?),
@@ -72,6 +77,7 @@ pub struct Responder {
     temperature: Option<f32>,
     system_prompt: String,
     recall: Recall,
+    cold_start: ColdStart,
 }
 
 impl Responder {
@@ -84,6 +90,7 @@ impl Responder {
             temperature: settings.temperature,
             system_prompt: settings.system_prompt.clone(),
             recall,
+            cold_start: ColdStart::new(settings.cold_start_budget),
         }
     }
 
@@ -124,6 +131,7 @@ impl Handler for Responder {
             max_tokens: self.max_tokens,
             temperature: self.temperature,
             prompt: &prompt,
+            cold_start: &self.cold_start,
         };
         stream::reply(&self.llm, request, message, attempt, ctx).await
     }

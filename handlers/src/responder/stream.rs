@@ -20,7 +20,10 @@ use platform::{
 };
 use uuid::Uuid;
 
-use super::prompt::{PromptMessage, PromptRole};
+use super::{
+    cold_start::ColdStart,
+    prompt::{PromptMessage, PromptRole},
+};
 use crate::runtime::{Context, HandlerError};
 
 /// How long later deltas may wait to be published together.
@@ -36,6 +39,8 @@ pub struct Request<'a> {
     pub temperature: Option<f32>,
     /// The prompt.
     pub prompt: &'a [PromptMessage],
+    /// Whether an unreachable LLM is still starting.
+    pub cold_start: &'a ColdStart,
 }
 
 /// Asks the model and publishes the reply to `message` as attempt `attempt`.
@@ -46,9 +51,15 @@ pub async fn reply(
     attempt: Uuid,
     ctx: &Context<'_>,
 ) -> Result<(), HandlerError> {
+    let cold_start = request.cold_start;
     let request = chat_request(&request)?;
     let started = std::time::Instant::now();
-    let mut stream = llm.chat().create_stream(request).await.map_err(classify)?;
+    let mut stream = match llm.chat().create_stream(request).await {
+        Ok(stream) => stream,
+        Err(err) if is_unreachable(&err) => return Err(cold_start.unreachable(anyhow::anyhow!("LLM: {err}"))),
+        Err(err) => return Err(classify(err)),
+    };
+    cold_start.answered();
     let event = |body| ModelResponse::for_message(message, attempt, body);
 
     let (mut text, mut pending) = (String::new(), String::new());
@@ -148,6 +159,17 @@ fn chat_request(
         .messages(messages)
         .build()
         .map_err(invalid)
+}
+
+/// No server took the request: nothing listens (a vLLM scaled to zero, a Service
+/// without ready endpoints), or the server says it cannot serve yet (503, e.g.
+/// llama-server while it loads the model).
+fn is_unreachable(err: &OpenAIError) -> bool {
+    match err {
+        OpenAIError::Reqwest(e) => e.is_connect(),
+        OpenAIError::ApiError(api) => api.status_code == reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        _ => false,
+    }
 }
 
 /// Rate limits, server errors, timeouts and broken connections are worth retrying;
