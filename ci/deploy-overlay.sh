@@ -7,7 +7,8 @@
 #   e.g. ci/deploy-overlay.sh ghcr.io/acme/chat-stack- "$GITHUB_SHA" "$RUNNER_TEMP/overlay" vllm
 #
 #   OUT_DIR/k8s/              k8s/ (VARIANT: k8s/variants/VARIANT/)   kubectl apply -k
-#   OUT_DIR/keda/             the ScaledObjects of keda/ (external-kafka: keda/external-kafka/)
+#   OUT_DIR/keda/             the ScaledObjects of keda/ (external-kafka: keda/external-kafka/;
+#                             vllm: also keda/vllm/, which scales vLLM from zero)
 #   OUT_DIR/keda-scaledjobs/  the optional ScaledJobs of keda/scaledjobs/ (not for external-kafka)
 #   OUT_DIR/init-job-name     the name of this commit's bootstrap Job (for kubectl wait)
 #
@@ -41,12 +42,14 @@ prefix=$1 tag=$2 out=$3 variant=${4:-}
 [[ $PULL_SECRET =~ ^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$ ]] || die "invalid PULL_SECRET '$PULL_SECRET'"
 base_dir="$REPO_ROOT/k8s"
 keda_dir="$REPO_ROOT/keda"
+keda_extra=""
 if [ -n "$variant" ]; then
   base_dir="$REPO_ROOT/k8s/variants/$variant"
   [ -f "$base_dir/kustomization.yaml" ] || die "no variant '$variant' (k8s/variants/)"
   # An external broker's address is no in-cluster Service name: its ScaledObjects read
   # it from the handlers' environment, with credentials (keda/external-kafka/).
   [ "$variant" != external-kafka ] || keda_dir="$REPO_ROOT/keda/external-kafka"
+  [ "$variant" != vllm ] || keda_extra="$REPO_ROOT/keda/vllm"
 fi
 
 # A name part from the tag: lower-case letters, digits and '-', at most 20 characters
@@ -97,10 +100,11 @@ mkdir -p "$out/k8s" "$out/keda"
 } >"$out/k8s/kustomization.yaml"
 
 # keda/ is applied with `kubectl apply -f` (no kustomization of its own): copy its files.
-copy_keda() { # FROM_DIR TO_DIR KIND_WITH_PODS
+copy_keda() { # FROM_DIR TO_DIR KIND_WITH_PODS [MORE_FROM_DIR]
   local from=$1 to=$2 files=() f
   mkdir -p "$to"
-  for f in "$from"/*.yaml; do
+  for f in "$from"/*.yaml ${4:+"$4"/*.yaml}; do
+    [ ! -e "$to/$(basename "$f")" ] || die "two KEDA files named $(basename "$f")"
     cp "$f" "$to/"
     files+=("$(basename "$f")")
   done
@@ -117,7 +121,7 @@ copy_keda() { # FROM_DIR TO_DIR KIND_WITH_PODS
     fi
   } >"$to/kustomization.yaml"
 }
-copy_keda "$keda_dir" "$out/keda" ""
+copy_keda "$keda_dir" "$out/keda" "" "$keda_extra"
 # The ScaledJobs name the in-cluster broker: not for an external one.
 if [ "$variant" != external-kafka ]; then
   copy_keda "$REPO_ROOT/keda/scaledjobs" "$out/keda-scaledjobs" ScaledJob

@@ -198,6 +198,7 @@ fn keda_dirs() -> Vec<std::path::PathBuf> {
         repo_path("keda/scaledjobs"),
         repo_path("keda/secured"),
         repo_path("keda/external-kafka"),
+        repo_path("keda/vllm"),
     ]
 }
 

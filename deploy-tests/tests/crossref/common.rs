@@ -45,10 +45,12 @@ fn keda_dirs(dirs: &[&str]) -> Vec<Value> {
 }
 
 /// The KEDA objects applied with a variant: keda/ (with the optional ScaledJobs and
-/// credentials), or for an external Kafka keda/external-kafka/ and keda/secured/.
+/// credentials), for an external Kafka keda/external-kafka/ and keda/secured/, and for
+/// vLLM keda/ with keda/vllm/.
 pub fn keda_for(variant: &str) -> Vec<Value> {
     match variant {
         "external-kafka" => keda_dirs(&["keda/external-kafka", "keda/secured"]),
+        "vllm" => keda_dirs(&["keda", "keda/scaledjobs", "keda/secured", "keda/vllm"]),
         _ => keda(),
     }
 }

@@ -100,6 +100,8 @@ fn every_pod_the_overlay_sends_pulls_a_pushed_image_with_the_pull_secret() {
             .count();
         let expected = if variant.as_deref() == Some("external-kafka") { 0 } else { 2 };
         assert_eq!(ours, expected, "{variant:?}: both ScaledJobs (if any) get the pull secret");
+        let scales_vllm = o.keda.iter().any(|obj| obj["spec"]["scaleTargetRef"]["name"] == "vllm");
+        assert_eq!(scales_vllm, variant.as_deref() == Some("vllm"), "{variant:?}: keda/vllm/ with vllm only");
     }
     let readme = fs::read_to_string(repo_path("README.md")).expect("README.md");
     assert!(

@@ -7,7 +7,7 @@ use deploy_tests::{containers, find, kind, name, repo_path, resolve_port, yaml_f
 use platform::topics;
 use serde_json::{json, Value};
 
-use crate::common::{config, k8s_variant, must, our_workloads, variant_names, NAMESPACE, SECRET};
+use crate::common::{config, k8s_variant, keda_for, must, our_workloads, variant_names, NAMESPACE, SECRET};
 
 const VARIANTS: [&str; 5] = ["external-kafka", "ollama", "remote-openai", "strimzi", "vllm"];
 
@@ -102,6 +102,39 @@ fn the_llm_variants_point_the_responder_at_their_llm_with_the_key_from_the_secre
         assert!(args.contains(&"--served-model-name=$(LLM_MODEL)"), "vLLM serves the model under LLM_MODEL");
         assert_eq!(c["env"][0]["valueFrom"]["configMapKeyRef"]["key"], "LLM_MODEL");
     }
+}
+
+#[test]
+fn the_vllm_variant_lets_keda_scale_vllm_from_zero_and_the_responder_wait_for_it() {
+    let objects = k8s_variant("vllm");
+    let keda = keda_for("vllm");
+    let scaled = |target: &str| {
+        keda.iter()
+            .find(|o| kind(o) == "ScaledObject" && o["spec"]["scaleTargetRef"]["name"] == target)
+            .unwrap_or_else(|| panic!("a ScaledObject for {target} with the vllm variant"))
+    };
+    let (vllm, responder) = (scaled("vllm"), scaled("responder"));
+    let deploy = must(find(&objects, "Deployment", "vllm"));
+    assert!(deploy["spec"]["replicas"].is_null(), "KEDA owns vLLM's replicas; an apply must not reset them");
+    assert_eq!(vllm["spec"]["minReplicaCount"], 0, "an idle stack holds no GPU");
+    // Woken by the same lag as the responder, so a message wakes both.
+    let trigger = |o: &Value| o["spec"]["triggers"][0]["metadata"].clone();
+    let (t, r) = (trigger(vllm), trigger(responder));
+    for key in ["bootstrapServers", "consumerGroup", "topic", "offsetResetPolicy"] {
+        assert_eq!(t[key], r[key], "vLLM's trigger {key} is the responder's");
+    }
+    assert_eq!(t["consumerGroup"], topics::RESPONDER_GROUP);
+    assert_eq!(t["activationLagThreshold"], "0", "the first message wakes vLLM");
+    let cooldown = |o: &Value| o["spec"]["cooldownPeriod"].as_i64().expect("cooldownPeriod");
+    assert!(
+        cooldown(vllm) >= cooldown(responder),
+        "vLLM (a cold start of minutes) stays up at least as long as the responder"
+    );
+    // The responder waits for a cold vLLM instead of failing the message: a budget well
+    // above the default, which is sized for Ollama.
+    let budget: u64 = config(&objects)["LLM_COLD_START_SECS"].parse().expect("LLM_COLD_START_SECS");
+    let base: u64 = config(&k8s_variant("ollama"))["LLM_COLD_START_SECS"].parse().expect("base budget");
+    assert!(budget >= 600 && budget > base, "vllm's cold-start budget ({budget}s) covers a GPU cold start");
 }
 
 #[test]
