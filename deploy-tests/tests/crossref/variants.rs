@@ -7,7 +7,10 @@ use deploy_tests::{containers, find, kind, name, repo_path, resolve_port, yaml_f
 use platform::topics;
 use serde_json::{json, Value};
 
-use crate::common::{config, k8s_variant, keda_for, must, our_workloads, variant_names, NAMESPACE, SECRET};
+use crate::common::{
+    config, k8s_variant, keda_for, must, our_workloads, secret_template, variant_names,
+    variant_with_component, NAMESPACE, SECRET,
+};
 
 const VARIANTS: [&str; 5] = ["external-kafka", "ollama", "remote-openai", "strimzi", "vllm"];
 
@@ -173,6 +176,40 @@ fn the_external_kafka_variant_takes_the_brokers_and_credentials_from_the_secret(
     }
     let auth = must(yaml_file(&repo_path("keda/secured/kafka-auth.yaml"))).remove(0);
     assert_eq!(name(&auth), "kafka-auth");
+}
+
+#[test]
+fn the_private_ca_component_gives_every_kafka_client_the_ca_from_the_secret() {
+    let objects = variant_with_component("external-kafka", "kafka-private-ca");
+    assert!(secret_template().contains_key("kafka-ca.crt"), "the template names the CA's key");
+    let clients = our_workloads(&objects);
+    assert_eq!(clients.len(), 4, "gateway, both handlers and the bootstrap Job");
+    for w in clients {
+        let path = env_var(&w.container, "KAFKA_SSL_CA_LOCATION")
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{}: KAFKA_SSL_CA_LOCATION", w.label));
+        let (dir, file) = path.rsplit_once('/').expect("a file path");
+        let mount = w.container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mountPath"] == dir)
+            .unwrap_or_else(|| panic!("{}: nothing mounted at {dir}", w.label));
+        let volume = w.pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("{}: no volume {}", w.label, mount["name"]));
+        assert_eq!(volume["secret"]["secretName"], SECRET, "{}", w.label);
+        assert_eq!(
+            volume["secret"]["items"],
+            json!([{"key": "kafka-ca.crt", "path": file}]),
+            "{}: the CA file is the Secret's kafka-ca.crt",
+            w.label
+        );
+        assert!(volume["secret"]["optional"].is_null(), "{}: a missing CA stops the pod at start", w.label);
+    }
 }
 
 #[test]
