@@ -80,7 +80,8 @@ FROM ${RUNTIME_IMAGE} AS handler-base
 ENV LD_LIBRARY_PATH=/usr/local/lib/chat-stack
 COPY --from=model /models/ /models/
 USER 65532:65532
-EXPOSE 9090
+# 9090: /health and /ready; 9091: /metrics (METRICS_LISTEN_ADDR).
+EXPOSE 9090 9091
 
 FROM handler-base AS responder
 LABEL org.opencontainers.image.title="chat-stack-responder" \
@@ -106,6 +107,7 @@ LABEL org.opencontainers.image.title="chat-stack-gateway" \
 COPY --from=build-gateway /out/libs/ /usr/local/lib/chat-stack/
 COPY --from=build-gateway /out/bin/gateway /usr/local/bin/gateway
 USER 65532:65532
-EXPOSE 8080
+# 8080: the API, /health and /ready; 9091: /metrics (METRICS_LISTEN_ADDR).
+EXPOSE 8080 9091
 ENTRYPOINT ["/usr/local/bin/gateway"]
 CMD ["serve"]

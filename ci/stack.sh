@@ -18,6 +18,7 @@ KAFKA_PORT="${KAFKA_PORT:-9092}"
 QDRANT_PORT="${QDRANT_PORT:-6334}"
 LLM_PORT="${LLM_PORT:-8080}"
 GATEWAY_PORT="${GATEWAY_PORT:-8000}"
+GATEWAY_METRICS_PORT="${GATEWAY_METRICS_PORT:-9091}"
 AUTOSCALER_PORT="${AUTOSCALER_PORT:-9100}"
 [ "${1:-}" = "--fresh" ] && rm -rf "$STACK_DIR"
 mkdir -p "$STACK_DIR/logs"
@@ -109,7 +110,9 @@ export AUTH="${AUTH:-disabled}" CONVERSATION_KEY_FILE="${CONVERSATION_KEY_FILE:-
 # a local load test: off unless set.
 export RATE_LIMIT_PER_MINUTE="${RATE_LIMIT_PER_MINUTE:-0}"
 export LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" LOG_FORMAT="${LOG_FORMAT:-text}"
-start gateway "$GATEWAY_PORT" "$CARGO_TARGET_DIR/debug/gateway" serve
+port_free "$GATEWAY_METRICS_PORT" || die "port $GATEWAY_METRICS_PORT (gateway metrics) is already in use: set GATEWAY_METRICS_PORT"
+# Only the gateway's: the autoscaler gives each handler replica a free admin port.
+METRICS_LISTEN_ADDR="127.0.0.1:$GATEWAY_METRICS_PORT" start gateway "$GATEWAY_PORT" "$CARGO_TARGET_DIR/debug/gateway" serve
 # The handlers start from zero on lag, as KEDA would start them in a cluster: the
 # autoscaler reads keda/*.yaml and runs responder/memory processes (logs:
 # .stack/logs/<handler>-<n>.log). AUTOSCALER_FLAGS can shorten its timings, e.g.
@@ -128,6 +131,7 @@ cat <<MSG
   The chat stack is up (data in .stack/, logs in .stack/logs/):
     chat page             http://127.0.0.1:$GATEWAY_PORT/
     gateway API           http://127.0.0.1:$GATEWAY_PORT   (AUTH=$AUTH)
+    gateway metrics       http://127.0.0.1:$GATEWAY_METRICS_PORT/metrics
     Kafka (tansu)         $KAFKA_BOOTSTRAP_SERVERS
     Qdrant (gRPC)         $QDRANT_URL
     LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL

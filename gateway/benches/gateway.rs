@@ -428,7 +428,7 @@ async fn delivery(kafka: &Kafka, token: &str, messages: &[UserMessage], streams:
         readers.push(tokio::spawn(count_tokens(socket, received.clone())));
     }
     let metrics = |name: &'static str| {
-        let url = gateway.url("/metrics");
+        let url = gateway.metrics_url.clone();
         async move {
             let text = reqwest::get(url).await.expect("metrics").text().await.expect("metrics body");
             metric_total(&text, name)

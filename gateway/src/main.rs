@@ -23,10 +23,10 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use platform::{
     bootstrap,
     kafka::KafkaSettings,
+    prometheus,
     settings::{exit_code, Env},
     shutdown::wait_for_signal,
     telemetry, topics,
@@ -110,14 +110,14 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
     if auth.is_disabled() {
         tracing::warn!("AUTH=disabled: every request acts as user 'anonymous'; never run this way outside local development");
     }
-    let metrics = PrometheusBuilder::new()
-        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
-        .context("metrics buckets")?
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    prometheus::serve(
+        settings.metrics_listen,
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+    )?;
+    register_metrics();
     let producer = settings.kafka.producer()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = AppState::new(&settings, auth, producer.clone(), metrics, shutdown_rx.clone());
+    let state = AppState::new(&settings, auth, producer.clone(), shutdown_rx.clone());
 
     let relay = tokio::spawn(relay::run(state.clone(), settings.relay_lookback, shutdown_rx.clone()));
     tokio::spawn(sweep(state.clone(), shutdown_rx.clone()));
@@ -146,15 +146,45 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Forgets idle conversations and idle rate-limit keys, so memory stays bounded.
+/// Counters that only move when something goes wrong, created at 0 so that a dashboard
+/// or an alert on them sees a series (and a rate of 0) before the first event.
+const COUNTERS: [&str; 15] = [
+    "gateway_chat_requests_total",
+    "gateway_chat_unavailable_total",
+    "gateway_rate_limited_total",
+    "gateway_openai_requests_total",
+    "gateway_openai_mismatched_streams_total",
+    "gateway_openai_unfinished_streams_total",
+    "gateway_relay_events_total",
+    "gateway_relay_errors_total",
+    "gateway_relay_undecodable_total",
+    "gateway_relay_offset_resets_total",
+    "gateway_token_gaps_total",
+    "gateway_attempt_resets_total",
+    "gateway_duplicate_tokens_dropped_total",
+    "gateway_finished_events_dropped_total",
+    "gateway_slow_streams_cut_total",
+];
+
+fn register_metrics() {
+    for name in COUNTERS {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!("gateway_open_streams").set(0.0);
+    metrics::gauge!("gateway_conversations_tracked").set(0.0);
+}
+
+/// Forgets idle conversations and idle rate-limit keys, so memory stays bounded, and
+/// reports how many conversations are tracked.
 async fn sweep(state: AppState, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
         state.hub.sweep();
+        metrics::gauge!("gateway_conversations_tracked").set(state.hub.conversations() as f64);
         if let Some(limiter) = &state.intake.rate_limiter {
             limiter.retain_recent();
         }

@@ -14,6 +14,8 @@ use crate::hub::HubLimits;
 pub struct GatewaySettings {
     /// `LISTEN_ADDR`: where to serve HTTP (default `0.0.0.0:8080`).
     pub listen: SocketAddr,
+    /// `METRICS_LISTEN_ADDR`: where `/metrics` is served (default `0.0.0.0:9091`).
+    pub metrics_listen: SocketAddr,
     /// `KAFKA_*`.
     pub kafka: KafkaSettings,
     /// `CONVERSATION_KEY[_FILE]`: signs conversation ids; the same on every replica.
@@ -64,6 +66,7 @@ impl GatewaySettings {
         let defaults = HubLimits::default();
         Ok(Self {
             listen: env.parse_or("LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            metrics_listen: platform::prometheus::listen_addr(env)?,
             kafka: KafkaSettings::from_env(env, "gateway")?,
             conversation_key,
             max_text_bytes: at_least("MAX_MESSAGE_BYTES", env.parse_or("MAX_MESSAGE_BYTES", 16 * 1024)?, 1)?,

@@ -6,7 +6,6 @@ use std::{
 };
 
 use axum::extract::FromRef;
-use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
@@ -28,8 +27,6 @@ pub struct AppState {
     pub relay_ready: Arc<AtomicBool>,
     /// Answers of recent requests by `Idempotency-Key`.
     pub idempotency: Arc<IdempotencyCache>,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
     /// Flips to true when the gateway shuts down; open streams end with a final event.
     pub shutdown: watch::Receiver<bool>,
     /// Heartbeat interval of SSE streams.
@@ -42,7 +39,6 @@ impl AppState {
         settings: &GatewaySettings,
         auth: Authenticator,
         producer: FutureProducer,
-        metrics: PrometheusHandle,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let hub = Arc::new(Hub::new(settings.hub));
@@ -52,7 +48,6 @@ impl AppState {
             hub,
             relay_ready: Arc::new(AtomicBool::new(false)),
             idempotency: Arc::new(IdempotencyCache::new(10_000, Duration::from_secs(600))),
-            metrics,
             shutdown,
             heartbeat: settings.heartbeat,
         }

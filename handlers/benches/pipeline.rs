@@ -97,6 +97,7 @@ async fn instant_llm() -> String {
 struct Gateway {
     process: Process,
     port: u16,
+    metrics_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -104,7 +105,7 @@ impl Gateway {
     fn start(kafka: &Kafka, extra: &HashMap<String, String>) -> Self {
         let bin = Path::new(RESPONDER).with_file_name("gateway");
         assert!(bin.exists(), "{} is missing: run ci/bench.sh pipeline", bin.display());
-        let port = free_port().expect("port");
+        let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
         let dir = tempfile::tempdir().expect("temp dir");
         let mut command = Command::new(bin);
         command
@@ -112,6 +113,7 @@ impl Gateway {
             .env_clear()
             .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("AUTH", "disabled")
             .env("RATE_LIMIT_PER_MINUTE", "0")
             .env("CONVERSATION_KEY", "pipeline-benchmark-conversation-key-0123456789")
@@ -121,7 +123,7 @@ impl Gateway {
         process
             .wait_until(Duration::from_secs(30), || http_status(port, "/ready") == Some(200))
             .expect("gateway ready");
-        Self { process, port, _dir: dir }
+        Self { process, port, metrics_port, _dir: dir }
     }
 }
 
@@ -233,7 +235,7 @@ async fn run(
     println!(
         "{label:<44} n {n:>4}  accepted p50 {a50:>6.1} p99 {a99:>6.1}  first token p50 {f50:>6.1} p99 {f99:>6.1} mean {fmean:>6.1}  done p50 {d50:>6.1} p99 {d99:>6.1} ms"
     );
-    print_breakdown(responder.port, gateway.port).await;
+    print_breakdown(responder.metrics_port, gateway.metrics_port).await;
     drop(gateway.process);
     first
 }
@@ -303,7 +305,7 @@ async fn responder_throughput(
     let started = Instant::now();
     kafka.wait_lag_zero(topics::RESPONDER_GROUP, &[topics::USER_MESSAGES], Duration::from_secs(600)).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let metrics = client_text(&format!("http://127.0.0.1:{}/metrics", responder.port)).await;
+    let metrics = client_text(&format!("http://127.0.0.1:{}/metrics", responder.metrics_port)).await;
     println!(
         "{:<44} n {backlog:>4}  {:>6.1} s  {:>6.0} messages/s  (per message: recall {:.1}, fetched to handled {:.1} ms)",
         format!("responder throughput, concurrency {concurrency}"),
@@ -462,7 +464,7 @@ async fn main() {
             "{:<44} n {llm_n:>4}  first token p50 {s50:>6.1} p99 {s99:>6.1} mean {smean:>6.1} ms",
             "SmolLM2 through the stack (full recall)"
         );
-        print_breakdown(responder.port, gateway.port).await;
+        print_breakdown(responder.metrics_port, gateway.metrics_port).await;
         println!(
             "{:<44} n {llm_n:>4}  first token p50 {d50:>6.1} p99 {d99:>6.1} mean {dmean:>6.1} ms",
             "SmolLM2 called directly, same prompt"

@@ -16,6 +16,7 @@ pub mod events;
 pub mod kafka;
 pub mod lag;
 pub mod llm;
+pub mod prometheus;
 pub mod settings;
 pub mod shutdown;
 pub mod sync;

@@ -48,9 +48,9 @@ fn network_policies_allow_the_stack_flows_and_nothing_else() {
 
     let must_allow = [
         (ns("ingress-nginx"), pod("gateway"), 8080),
-        (ns("monitoring"), pod("gateway"), 8080),
-        (ns("monitoring"), pod("responder"), 9090),
-        (ns("monitoring"), pod("memory"), 9090),
+        (ns("monitoring"), pod("gateway"), 9091),
+        (ns("monitoring"), pod("responder"), 9091),
+        (ns("monitoring"), pod("memory"), 9091),
         (ns("monitoring"), pod("qdrant"), 6333),
         (pod("gateway"), pod("kafka"), 9092),
         (pod("responder"), pod("kafka"), 9092),
@@ -76,6 +76,10 @@ fn network_policies_allow_the_stack_flows_and_nothing_else() {
         (ns("default"), pod("gateway"), 8080),
         (ns("keda"), pod("qdrant"), 6334),
         (pod("chat-stack-init"), pod("qdrant"), 6334),
+        // The admin port is Prometheus's alone, and Prometheus gets nothing else.
+        (ns("ingress-nginx"), pod("gateway"), 9091),
+        (ns("monitoring"), pod("gateway"), 8080),
+        (ns("monitoring"), pod("responder"), 9090),
     ];
     for (src, dst, port) in &must_deny {
         assert!(!eval.allows(src, dst, *port, "TCP"), "{src} -> {dst}:{port} must be denied");

@@ -28,8 +28,11 @@ fn assert_served(routes_dir: &str, paths: &[&str]) {
 fn ports_and_probe_paths_are_the_ones_the_binaries_serve() {
     let objects = all_objects();
     let cm = config(&objects);
-    assert_served("gateway/src", &["/health", "/ready", "/metrics"]);
-    assert_served("handlers/src", &["/health", "/ready", "/metrics"]);
+    assert_served("gateway/src", &["/health", "/ready"]);
+    assert_served("handlers/src", &["/health", "/ready"]);
+    // /metrics is served by platform::prometheus on METRICS_LISTEN_ADDR, the admin port.
+    let admin = must(port_of(cm.get("METRICS_LISTEN_ADDR").map_or("0.0.0.0:9091", String::as_str)));
+    assert_eq!(admin, platform::prometheus::DEFAULT_PORT);
     let expected: BTreeMap<&str, u16> = BTreeMap::from([
         ("gateway", must(port_of(cm.get("LISTEN_ADDR").map_or("0.0.0.0:8080", String::as_str)))),
         ("responder", must(port_of(cm.get("HANDLER_LISTEN_ADDR").map_or("0.0.0.0:9090", String::as_str)))),
@@ -45,13 +48,18 @@ fn ports_and_probe_paths_are_the_ones_the_binaries_serve() {
             continue;
         }
         let port = expected[w.binary.as_str()];
-        let declared: Vec<u64> = w.container["ports"]
+        let declared: Vec<(&str, u64)> = w.container["ports"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|p| p["containerPort"].as_u64())
+            .filter_map(|p| Some((p["name"].as_str()?, p["containerPort"].as_u64()?)))
             .collect();
-        assert_eq!(declared, vec![u64::from(port)], "{}: container ports", w.label);
+        assert_eq!(
+            declared,
+            vec![("http", u64::from(port)), ("metrics", u64::from(admin))],
+            "{}: container ports",
+            w.label
+        );
         // Job pods (ScaledJob) serve no traffic: only liveness is required there.
         let is_job = w.label.starts_with("ScaledJob");
         for (probe, path) in
@@ -70,7 +78,7 @@ fn ports_and_probe_paths_are_the_ones_the_binaries_serve() {
     }
     assert!(checked >= 3, "expected the gateway and both handlers");
 
-    // Prometheus annotations point at /metrics on the same port.
+    // Prometheus annotations point at /metrics on a declared port (ours: the admin port).
     for obj in &objects {
         let Some(template) = pod_template(obj) else { continue };
         let ann = &template["metadata"]["annotations"];
@@ -88,6 +96,9 @@ fn ports_and_probe_paths_are_the_ones_the_binaries_serve() {
             name(obj)
         );
         assert_eq!(ann["prometheus.io/path"], "/metrics", "{}", name(obj));
+        if c["image"].as_str().is_some_and(|i| i.starts_with("localhost/chat-stack-")) {
+            assert_eq!(port, admin, "{}: our /metrics is on the admin port", name(obj));
+        }
     }
     for w in our_workloads(&objects).into_iter().filter(|w| w.container["args"][0] != "init") {
         assert!(
@@ -113,7 +124,8 @@ fn ports_and_probe_paths_are_the_ones_the_binaries_serve() {
     let dockerfile = fs::read_to_string(repo_path("Dockerfile")).expect("Dockerfile");
     for (target, port) in [("gateway", 8080), ("handler-base", 9090)] {
         let stage = stage_text(&dockerfile, target);
-        assert!(stage.contains(&format!("EXPOSE {port}")), "Dockerfile stage {target} must EXPOSE {port}");
+        let expose = format!("EXPOSE {port} {admin}");
+        assert!(stage.contains(&expose), "Dockerfile stage {target} must {expose}");
     }
 }
 

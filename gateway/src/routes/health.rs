@@ -1,4 +1,4 @@
-//! Liveness, readiness and metrics.
+//! Liveness and readiness (metrics are on the admin port: `platform::prometheus`).
 
 use std::{sync::atomic::Ordering, time::Duration};
 
@@ -24,10 +24,4 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     .unwrap_or(false);
     let status = if relay && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "ready": relay && broker, "broker": broker, "relay_assigned": relay })))
-}
-
-/// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    metrics::gauge!("gateway_conversations_tracked").set(state.hub.conversations() as f64);
-    ([("content-type", "text/plain; version=0.0.4")], state.metrics.render())
 }

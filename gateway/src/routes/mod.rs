@@ -1,6 +1,7 @@
 //! The HTTP routes.
 
 mod chat;
+mod counted;
 mod health;
 mod openai;
 mod page;
@@ -36,8 +37,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(counted::count))
         .with_state(state)
 }
 

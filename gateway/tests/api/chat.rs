@@ -60,11 +60,15 @@ async fn a_message_is_stored_then_its_reply_streams_token_by_token() {
     }
     assert_eq!(text, "Paris.");
 
-    let metrics = client.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client.get(&gateway.metrics_url).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gateway_chat_requests_total"), "{metrics}");
     assert!(metrics.contains("gateway_open_streams"), "{metrics}");
     assert!(metrics.contains("gateway_time_to_first_token_seconds_count 1"), "{metrics}");
     assert!(metrics.contains("gateway_reply_seconds_count 1"), "{metrics}");
+    assert!(
+        metrics.contains(r#"gateway_http_requests_total{route="/chat",method="POST",status="202"} 1"#),
+        "each answered request counted by route, method and status: {metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

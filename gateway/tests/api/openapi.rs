@@ -19,7 +19,6 @@ async fn the_openapi_document_matches_the_routes_served() {
         ("/stream", "get"),
         ("/health", "get"),
         ("/ready", "get"),
-        ("/metrics", "get"),
         ("/openapi.json", "get"),
         ("/", "get"),
         ("/v1/chat/completions", "post"),
@@ -56,4 +55,10 @@ async fn the_openapi_document_matches_the_routes_served() {
     ] {
         assert!(codes.contains(&code), "error code {code} is not documented");
     }
+    // Metrics are on the admin port only, where no public route leads.
+    let public = client.get(gateway.url("/metrics")).send().await.unwrap().status();
+    assert_eq!(public, 404, "/metrics is not a public route");
+    let admin = client.get(&gateway.metrics_url).send().await.unwrap();
+    assert_eq!(admin.status(), 200);
+    assert!(admin.text().await.unwrap().contains("gateway_http_requests_total"));
 }

@@ -61,12 +61,14 @@ pub fn reply_bodies(words: &[&str]) -> Vec<ReplyBody> {
 pub struct Gateway {
     pub process: Process,
     pub base: String,
+    /// `http://127.0.0.1:<admin port>/metrics`.
+    pub metrics_url: String,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
     pub fn start(kafka: &Kafka, extra_env: &[(&str, &str)]) -> Self {
-        let port = free_port().expect("port");
+        let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
         let dir = tempfile::tempdir().expect("temp dir");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
         command
@@ -74,6 +76,7 @@ impl Gateway {
             .env_clear()
             .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("JWT_SECRET", JWT_SECRET)
             .env("CONVERSATION_KEY", CONVERSATION_KEY)
             .env("KAFKA_PRODUCE_TIMEOUT_MS", "2000")
@@ -84,7 +87,12 @@ impl Gateway {
         process
             .wait_until(Duration::from_secs(30), || http_status(port, "/ready") == Some(200))
             .expect("gateway ready");
-        Self { process, base: format!("http://127.0.0.1:{port}"), _dir: dir }
+        Self {
+            process,
+            base: format!("http://127.0.0.1:{port}"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            _dir: dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -20,6 +20,13 @@ use crate::runtime::HandlerError;
 /// responder made of them (`waited` within the budget, `failed` past it).
 pub const UNREACHABLE: &str = "responder_llm_unreachable_total";
 
+/// Creates the [`UNREACHABLE`] counters at 0 (a series before the first outage).
+pub fn register_metrics() {
+    for outcome in ["waited", "failed"] {
+        metrics::counter!(UNREACHABLE, "outcome" => outcome).absolute(0);
+    }
+}
+
 /// How long the LLM may stay unreachable before its failures count as attempts.
 #[derive(Debug)]
 pub struct ColdStart {

@@ -156,6 +156,8 @@ impl App for Responder {
     }
 
     async fn build(settings: ResponderSettings) -> anyhow::Result<Self> {
+        cold_start::register_metrics();
+        recall::register_metrics();
         let embedder = Embedder::build(settings.embedder.clone()).await?;
         // Memory is optional for an answer: a slow Qdrant must not hold replies up long.
         let store = MemoryStore::new(&settings.store, Duration::from_secs(3))?;

@@ -15,7 +15,7 @@ use super::{
     handler::Handler,
     invoke, server,
     settings::{RecordLimit, Retrying, RuntimeSettings},
-    status::Status,
+    status::{metric, Status},
 };
 
 /// A handler that can be configured from the environment and built.
@@ -97,11 +97,12 @@ async fn run<A: App>(env: &Env, exit_when_idle: Option<Duration>) -> anyhow::Res
     let settings = RuntimeSettings::from_env(env, A::NAME, A::DEFAULT_CONCURRENCY)?;
     let app_settings = A::settings(env)?;
     let status = Status::new();
-    let metrics = server::install_metrics()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // A port that cannot be bound is a configuration problem: say so before connecting.
+    platform::prometheus::serve(settings.metrics_listen, &server::BUCKETS)?;
+    metric::register(A::NAME);
     let listener = server::bind(settings.listen).await?;
-    let server = tokio::spawn(server::serve(listener, status.clone(), metrics, shutdown_rx.clone()));
+    let server = tokio::spawn(server::serve(listener, status.clone(), shutdown_rx.clone()));
     let shutdown_for_signal = shutdown_tx.clone();
     tokio::spawn(async move {
         match wait_for_signal().await {

@@ -12,6 +12,8 @@ use rdkafka::{
     Message,
 };
 
+use super::status::metric;
+
 /// Headers added to a dead letter (any of the original headers are kept too).
 pub mod header {
     /// Why the record failed.
@@ -43,7 +45,7 @@ pub async fn send(
     let letter = Letter::new(record, handler, error, attempts);
     match letter.send(producer, record, true, timeout).await {
         Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
-            metrics::counter!("handler_dead_letters_without_payload_total", "handler" => handler.to_string())
+            metrics::counter!(metric::DEAD_LETTERS_WITHOUT_PAYLOAD, "handler" => handler.to_string())
                 .increment(1);
             tracing::warn!(source = %letter.source, "dead letter too large for the broker; written without its payload");
             letter.send(producer, record, false, timeout).await

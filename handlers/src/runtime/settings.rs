@@ -13,8 +13,10 @@ use platform::{
 pub struct RuntimeSettings {
     /// Kafka connection and security.
     pub kafka: KafkaSettings,
-    /// Address of `/health`, `/ready` and `/metrics`.
+    /// Address of `/health` and `/ready`.
     pub listen: SocketAddr,
+    /// Address of `/metrics` (`METRICS_LISTEN_ADDR`).
+    pub metrics_listen: SocketAddr,
     /// Records handled at once (each conversation's records one after another).
     pub concurrency: usize,
     /// Retries of failing records.
@@ -102,6 +104,7 @@ impl RuntimeSettings {
         Ok(Self {
             kafka: KafkaSettings::from_env(env, service)?,
             listen: env.parse_or("HANDLER_LISTEN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9090)))?,
+            metrics_listen: platform::prometheus::listen_addr(env)?,
             concurrency: at_least_one(
                 "HANDLER_CONCURRENCY",
                 env.parse_or("HANDLER_CONCURRENCY", concurrency)?,

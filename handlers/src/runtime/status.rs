@@ -30,6 +30,19 @@ pub mod metric {
     pub const LAG: &str = "handler_consumer_lag";
     /// Seconds from process start to the first record received.
     pub const COLD_START: &str = "handler_cold_start_seconds";
+    /// Records dead-lettered without their value (too large with the DLQ headers).
+    pub const DEAD_LETTERS_WITHOUT_PAYLOAD: &str = "handler_dead_letters_without_payload_total";
+    /// Every `outcome` of [`RECORDS`].
+    pub const OUTCOMES: [&str; 5] = ["ok", "retried", "dead_lettered", "skipped", "abandoned"];
+
+    /// Creates `handler`'s counters at 0, so that a dashboard or an alert on, say,
+    /// dead letters sees a series (and a rate of 0) before the first one happens.
+    pub fn register(handler: &'static str) {
+        for outcome in OUTCOMES {
+            metrics::counter!(RECORDS, "handler" => handler, "outcome" => outcome).absolute(0);
+        }
+        metrics::counter!(DEAD_LETTERS_WITHOUT_PAYLOAD, "handler" => handler).absolute(0);
+    }
 }
 
 impl Status {

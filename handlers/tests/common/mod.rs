@@ -43,6 +43,8 @@ pub fn memories_of(seen: &[OwnedMessage], message_id: Uuid) -> Vec<MemoryEvent> 
 pub struct HandlerProcess {
     pub process: Process,
     pub port: u16,
+    /// The admin port (`/metrics`).
+    pub metrics_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -97,7 +99,7 @@ impl HandlerProcess {
         wait_ready: bool,
     ) -> Self {
         testkit::require_env(&["EMBED_MODEL_DIR"]).expect("EMBED_MODEL_DIR");
-        let port = free_port().expect("port");
+        let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
         let dir = tempfile::tempdir().expect("temp dir");
         let mut command = Command::new(bin);
         command
@@ -105,6 +107,7 @@ impl HandlerProcess {
             .env_clear()
             .envs(env)
             .env("HANDLER_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("KAFKA_CLIENT_ID", name);
         let mut process =
             Process::spawn(name, command, dir.path().join(format!("{name}.log")), Signal::SIGTERM)
@@ -114,12 +117,12 @@ impl HandlerProcess {
                 .wait_until(Duration::from_secs(60), || http_status(port, "/ready") == Some(200))
                 .unwrap_or_else(|e| panic!("{name} not ready: {e:#}"));
         }
-        Self { process, port, _dir: dir }
+        Self { process, port, metrics_port, _dir: dir }
     }
 
     /// `/metrics` text.
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
             .await
             .expect("metrics reachable")
             .text()

@@ -15,6 +15,12 @@ use nix::{
 };
 use tokio::process::{Child, Command};
 
+/// One running process and the admin port its `/metrics` is on.
+struct Replica {
+    child: Child,
+    metrics_port: u16,
+}
+
 /// The processes of one scale target.
 pub struct Replicas {
     name: String,
@@ -22,8 +28,9 @@ pub struct Replicas {
     args: Vec<String>,
     log_dir: Option<PathBuf>,
     grace: Duration,
-    running: Vec<Child>,
+    running: Vec<Replica>,
     started: u64,
+    exited: u64,
 }
 
 impl Replicas {
@@ -35,15 +42,16 @@ impl Replicas {
         log_dir: Option<PathBuf>,
         grace: Duration,
     ) -> Self {
-        Self { name: name.into(), program, args, log_dir, grace, running: Vec::new(), started: 0 }
+        Self { name: name.into(), program, args, log_dir, grace, running: Vec::new(), started: 0, exited: 0 }
     }
 
     /// Processes alive now (exited ones are reaped and reported).
     pub fn count(&mut self) -> usize {
-        let name = &self.name;
-        self.running.retain_mut(|child| match child.try_wait() {
+        let (name, exited) = (&self.name, &mut self.exited);
+        self.running.retain_mut(|Replica { child, .. }| match child.try_wait() {
             Ok(Some(status)) => {
                 tracing::warn!(target_name = %name, pid = ?child.id(), %status, "a replica exited by itself");
+                *exited += 1;
                 false
             }
             _ => true,
@@ -57,8 +65,8 @@ impl Replicas {
             self.start_one()?;
         }
         while self.running.len() > n {
-            if let Some(child) = self.running.pop() {
-                self.stop_in_background(child);
+            if let Some(replica) = self.running.pop() {
+                self.stop_in_background(replica.child);
             }
         }
         Ok(())
@@ -67,10 +75,13 @@ impl Replicas {
     fn start_one(&mut self) -> anyhow::Result<()> {
         self.started += 1;
         let mut command = Command::new(&self.program);
-        // Port 0: each replica picks its own free port for /health and /metrics.
+        // Port 0: each replica picks its own free port for /health. The admin port is
+        // chosen here, so that it can be listed for Prometheus (`metrics_targets`).
+        let metrics_port = free_port()?;
         command
             .args(&self.args)
             .env("HANDLER_LISTEN_ADDR", "127.0.0.1:0")
+            .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         match &self.log_dir {
@@ -86,7 +97,7 @@ impl Replicas {
         }
         let child = command.spawn().with_context(|| format!("starting {}", self.program.display()))?;
         tracing::info!(target_name = %self.name, pid = ?child.id(), "replica started");
-        self.running.push(child);
+        self.running.push(Replica { child, metrics_port });
         Ok(())
     }
 
@@ -101,18 +112,34 @@ impl Replicas {
     /// Stops every process (SIGTERM to all, SIGKILL to those still running after the
     /// grace period) and waits for them.
     pub async fn stop_all(&mut self) {
-        for child in &self.running {
+        for Replica { child, .. } in &self.running {
             if let Some(pid) = child.id() {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             }
         }
         let deadline = tokio::time::Instant::now() + self.grace;
-        for mut child in self.running.drain(..) {
+        for Replica { mut child, .. } in self.running.drain(..) {
             if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
                 let _ = child.kill().await;
             }
         }
     }
+
+    /// Replicas that exited without being told to (a pod's container restarts).
+    pub fn exited_by_themselves(&self) -> u64 {
+        self.exited
+    }
+
+    /// The `host:port` of every running replica's `/metrics`.
+    pub fn metrics_targets(&self) -> Vec<String> {
+        self.running.iter().map(|r| format!("127.0.0.1:{}", r.metrics_port)).collect()
+    }
+}
+
+/// A loopback port free right now (the replica binds it a moment later).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 async fn stop(child: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {

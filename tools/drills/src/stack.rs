@@ -29,8 +29,10 @@ pub const PARTITIONS: i32 = 4;
 pub struct Service {
     /// The running process.
     pub process: Process,
-    /// Its HTTP port (the gateway's API, a handler's health and metrics).
+    /// Its HTTP port (the gateway's API, a handler's health).
     pub port: u16,
+    /// Its admin port (`/metrics`).
+    pub metrics_port: u16,
 }
 
 impl Service {
@@ -61,7 +63,8 @@ impl Service {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let response = client().get(format!("{}/metrics", self.url())).send().await?;
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        let response = client().get(url).send().await?;
         Ok(response.error_for_status()?.text().await?)
     }
 
@@ -190,12 +193,13 @@ impl Stack {
     ) -> anyhow::Result<Service> {
         self.started += 1;
         let name = format!("{binary}-{}", self.started);
-        let port = free_port()?;
+        let (port, metrics_port) = (free_port()?, free_port()?);
         let mut settings: HashMap<String, String> = [
             ("KAFKA_BOOTSTRAP_SERVERS", self.broker.bootstrap_servers()),
             ("KAFKA_CLIENT_ID", name.clone()),
             ("QDRANT_URL", self.qdrant.url()),
             (listen_var, format!("127.0.0.1:{port}")),
+            ("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}")),
             ("LOG_FORMAT", "text".into()),
             // As in ci/stack.sh: tansu 0.6.0 breaks for good when an idempotent producer
             // outlives a broker outage (docs/DEPENDENCIES.md). Real Kafka keeps the default.
@@ -213,7 +217,7 @@ impl Stack {
         let log = self.dir.path().join(format!("{name}.log"));
         let mut process = Process::spawn(&name, command, log, Signal::SIGTERM)?;
         process.wait_until(Duration::from_secs(60), || http_status(port, "/ready") == Some(200))?;
-        Ok(Service { process, port })
+        Ok(Service { process, port, metrics_port })
     }
 }
 

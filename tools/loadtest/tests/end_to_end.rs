@@ -41,7 +41,7 @@ struct Gateway {
 }
 
 fn start_gateway(broker: &Broker) -> Gateway {
-    let port = free_port().expect("port");
+    let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
     let dir = tempfile::tempdir().expect("temp dir");
     let mut command = Command::new(testkit::workspace_binary("gateway").expect("gateway binary"));
     command
@@ -49,6 +49,7 @@ fn start_gateway(broker: &Broker) -> Gateway {
         .env_clear()
         .env("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers())
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
         .env("JWT_SECRET", JWT_SECRET)
         .env("CONVERSATION_KEY", CONVERSATION_KEY)
         .env("KAFKA_PRODUCE_TIMEOUT_MS", "5000")
