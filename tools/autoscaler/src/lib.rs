@@ -28,6 +28,8 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Where replica logs go.
     pub log_dir: Option<PathBuf>,
+    /// Where the replicas' `/metrics` addresses are listed for Prometheus.
+    pub targets_file: Option<PathBuf>,
     /// SIGTERM → SIGKILL grace for replicas.
     pub grace: Duration,
     /// Overrides of the files' timings (to watch a full cycle in minutes, not hours).
@@ -64,10 +66,21 @@ pub async fn run(
         })?;
         let replicas =
             Replicas::new(&so.target, program, vec!["run".into()], options.log_dir.clone(), options.grace);
-        platform::sync::lock(&status)
-            .scaled_objects
-            .push(TargetStatus { name: so.name.clone(), ..Default::default() });
-        tasks.push(tokio::spawn(scale::drive(so, replicas, kafka.clone(), status.clone(), shutdown.clone())));
+        platform::sync::lock(&status).scaled_objects.push(TargetStatus {
+            name: so.name.clone(),
+            target: so.target.clone(),
+            max_replicas: so.max_replicas,
+            ..Default::default()
+        });
+        let targets_file = options.targets_file.clone();
+        tasks.push(tokio::spawn(scale::drive(
+            so,
+            replicas,
+            kafka.clone(),
+            status.clone(),
+            targets_file,
+            shutdown.clone(),
+        )));
     }
     let server = tokio::spawn(status::serve(options.listen, status, shutdown.clone()));
     tracing::info!(address = %options.listen, "autoscaler status on /status");

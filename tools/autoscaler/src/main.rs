@@ -31,6 +31,10 @@ struct Cli {
     /// Folder for replica logs (`<name>-<n>.log`).
     #[arg(long)]
     log_dir: Option<PathBuf>,
+    /// File to keep the replicas' /metrics addresses in, for Prometheus's
+    /// `file_sd_configs` (job `chat-stack/<handler>`).
+    #[arg(long)]
+    targets_file: Option<PathBuf>,
     /// Seconds a replica gets to drain after SIGTERM.
     #[arg(long, default_value_t = 30)]
     grace_secs: u64,
@@ -77,6 +81,7 @@ async fn run(cli: Cli, env: &Env) -> anyhow::Result<()> {
         programs,
         listen: cli.listen,
         log_dir: cli.log_dir,
+        targets_file: cli.targets_file,
         grace: Duration::from_secs(cli.grace_secs),
         polling: secs(cli.polling_secs),
         cooldown: secs(cli.cooldown_secs),

@@ -1,6 +1,6 @@
 //! The polling loop of one ScaledObject: read the lag, decide, start or stop processes.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use platform::{
     kafka::KafkaSettings,
@@ -14,7 +14,7 @@ use crate::{
     keda::{read_trigger, PartitionOffsets, Scaler, TriggerReading},
     replicas::Replicas,
     scaled_object::ScaledObject,
-    status::{Shared, TargetStatus},
+    status::{write_targets, Shared, TargetStatus, TriggerStatus},
 };
 
 /// Scales `replicas` for `so` until `shutdown`, then stops them all.
@@ -23,6 +23,7 @@ pub async fn drive(
     mut replicas: Replicas,
     kafka: KafkaSettings,
     status: Shared,
+    targets_file: Option<PathBuf>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let mut clients: HashMap<String, Arc<BaseConsumer>> = HashMap::new();
@@ -69,15 +70,35 @@ pub async fn drive(
         if let Err(err) = replicas.scale_to(decision.replicas as usize) {
             tracing::error!(scaled_object = %so.name, error = format!("{err:#}"), "cannot start a replica");
         }
-        let mut shared = lock(&status);
-        if let Some(entry) = shared.scaled_objects.iter_mut().find(|s| s.name == so.name) {
-            *entry = TargetStatus {
-                name: so.name.clone(),
-                replicas: decision.replicas,
-                desired: decision.desired,
-                lag: decision.lag,
-                active: decision.active,
-            };
+        let triggers = so
+            .triggers
+            .iter()
+            .zip(&readings)
+            .map(|(t, r)| TriggerStatus { topic: t.topic.clone(), metric: r.metric, active: r.active })
+            .collect();
+        let entry = TargetStatus {
+            name: so.name.clone(),
+            target: so.target.clone(),
+            replicas: decision.replicas,
+            desired: decision.desired,
+            max_replicas: so.max_replicas,
+            lag: decision.lag,
+            active: decision.active,
+            triggers,
+            restarts: replicas.exited_by_themselves(),
+            metrics_targets: replicas.metrics_targets(),
+        };
+        let snapshot = {
+            let mut shared = lock(&status);
+            if let Some(slot) = shared.scaled_objects.iter_mut().find(|s| s.name == so.name) {
+                *slot = entry;
+            }
+            shared.clone()
+        };
+        if let Some(path) = &targets_file {
+            if let Err(err) = write_targets(path, &snapshot) {
+                tracing::warn!(error = format!("{err:#}"), "cannot write the Prometheus targets file");
+            }
         }
     }
     tracing::info!(scaled_object = %so.name, "stopping its replicas (SIGTERM, drain)");
