@@ -10,6 +10,7 @@
 
 pub mod fake_llm;
 pub mod kafka;
+pub mod promql;
 
 use std::{
     fs::File,

@@ -2,7 +2,8 @@
 //! the broker, Qdrant, llama-server with SmolLM2, the gateway and the autoscaler; a chat
 //! message gets a streamed answer from the real model; `loadtest` drives the responders
 //! from zero to several replicas and back to zero with every accepted message
-//! answered; Ctrl-C leaves nothing behind.
+//! answered; Prometheus scrapes every part of it, and every series the dashboard and the
+//! alert rules of k8s/components/monitoring name exists; Ctrl-C leaves nothing behind.
 
 use std::{
     path::PathBuf,
@@ -24,6 +25,82 @@ async fn responder_replicas(client: &reqwest::Client, port: u16) -> Option<u64> 
     let status: serde_json::Value =
         client.get(format!("http://127.0.0.1:{port}/status")).send().await.ok()?.json().await.ok()?;
     status["scaled_objects"].as_array()?.iter().find(|s| s["name"] == "responder")?["replicas"].as_u64()
+}
+
+/// The scrape jobs of the local Prometheus: the gateway, each handler (as a cluster's
+/// PodMonitors name them) and the autoscaler (standing in for KEDA and kube-state-metrics).
+const JOBS: [&str; 4] = ["chat-stack/gateway", "chat-stack/responder", "chat-stack/memory", "keda"];
+
+/// The local stack's Prometheus, through its HTTP API.
+struct Prometheus {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Prometheus {
+    /// The result vector of an instant query (empty on any error).
+    async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let response =
+            self.client.get(format!("{}/api/v1/query", self.base)).query(&[("query", promql)]).send().await;
+        let Ok(response) = response else { return Vec::new() };
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        body["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// How many targets are up when every job has targets and all of them are up.
+    async fn every_job_up(&self, jobs: &[&str]) -> Option<usize> {
+        let up = self.query("up").await;
+        let all = jobs.iter().all(|job| up.iter().any(|s| s["metric"]["job"] == *job));
+        let healthy = up.iter().all(|s| s["value"][1] == "1");
+        (all && healthy).then_some(up.len())
+    }
+
+    /// Each selector of `expressions` whose metric, or one of whose matcher labels, has
+    /// had no series in the last 15 minutes (`expression: metric{label}`).
+    async fn missing_series(&self, expressions: &[String]) -> Vec<String> {
+        let mut missing = Vec::new();
+        for expr in expressions {
+            for s in testkit::promql::selectors(expr) {
+                let mut checks = vec![format!("{{__name__=\"{}\"}}", s.metric)];
+                checks.extend(s.labels.iter().map(|l| format!("{}{{{l}!=\"\"}}", s.metric)));
+                for check in checks {
+                    if self.query(&format!("count(last_over_time({check}[15m]))")).await.is_empty() {
+                        missing.push(format!("{expr}: {check}"));
+                    }
+                }
+            }
+        }
+        missing.sort();
+        missing.dedup();
+        missing
+    }
+}
+
+/// Every PromQL expression of the dashboard and of the alert rules.
+fn monitoring_expressions() -> Vec<String> {
+    let dir = repo_root().join("k8s/components/monitoring");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dashboard.json")).expect("dashboard.json"))
+            .expect("dashboard JSON");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(String::from))
+        .collect();
+    let rules: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("rules.yaml")).expect("rules.yaml"))
+            .expect("YAML");
+    for group in rules["spec"]["groups"].as_sequence().into_iter().flatten() {
+        for rule in group["rules"].as_sequence().into_iter().flatten() {
+            if let Some(expr) = rule["expr"].as_str() {
+                exprs.push(expr.to_string());
+            }
+        }
+    }
+    assert!(exprs.len() >= 10, "the dashboard and the rules hold expressions: {exprs:?}");
+    exprs
 }
 
 /// `ci/stack.sh`, given Ctrl-C and time to stop everything even when the test fails
@@ -60,8 +137,9 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     let loadtest = workspace_binary("loadtest");
     let dir = tempfile::tempdir().expect("temp dir");
     let stack_dir = dir.path().join("stack");
-    let ports: Vec<u16> = (0..5).map(|_| free_port().expect("port")).collect();
+    let ports: Vec<u16> = (0..7).map(|_| free_port().expect("port")).collect();
     let (kafka, qdrant, llm, gateway, autoscaler) = (ports[0], ports[1], ports[2], ports[3], ports[4]);
+    let (gateway_metrics, prometheus) = (ports[5], ports[6]);
     let marker = format!("STACK_DIR={}", stack_dir.display());
     let mut command = Command::new("bash");
     command
@@ -73,6 +151,9 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
         .env("LLM_PORT", llm.to_string())
         .env("GATEWAY_PORT", gateway.to_string())
         .env("AUTOSCALER_PORT", autoscaler.to_string())
+        .env("GATEWAY_METRICS_PORT", gateway_metrics.to_string())
+        .env("PROMETHEUS_PORT", prometheus.to_string())
+        .env("PROMETHEUS_SCRAPE_SECS", "1")
         // Short replies and short timings: the whole cycle in about a minute.
         .env("LLM_MAX_TOKENS", "16")
         // The binaries this test run was built with (ci/test.sh builds the workspace).
@@ -154,8 +235,13 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     let mut child =
         Process::spawn("loadtest", load, dir.path().join("loadtest.log"), Signal::SIGINT).expect("loadtest");
     let deadline = Instant::now() + Duration::from_secs(200);
+    let prom = Prometheus { client: client.clone(), base: format!("http://127.0.0.1:{prometheus}") };
+    let mut every_job_up = None;
     let status = loop {
         peak = peak.max(responder_replicas(&client, autoscaler).await.unwrap_or(0));
+        if every_job_up.is_none() {
+            every_job_up = prom.every_job_up(&JOBS).await;
+        }
         if let Ok(status) = child.wait_exit(Duration::from_millis(10)) {
             break status;
         }
@@ -174,6 +260,14 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     for plot in ["scaling.svg", "latency.svg"] {
         assert!(std::fs::metadata(out.join(plot)).map(|m| m.len() > 1000).unwrap_or(false), "{plot} written");
     }
+    let targets = every_job_up.unwrap_or_else(|| panic!("never saw every job up: {:?}", JOBS));
+    assert!(targets >= JOBS.len(), "{targets} targets");
+    let missing = prom.missing_series(&monitoring_expressions()).await;
+    assert!(
+        missing.is_empty(),
+        "series the dashboard or the alert rules name, absent from live data:\n{}",
+        missing.join("\n")
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while responder_replicas(&client, autoscaler).await != Some(0) {
         assert!(Instant::now() < deadline, "responders not back to zero: {}", stack.0.log_tail());
