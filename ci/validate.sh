@@ -19,6 +19,7 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
 
 apt_install build-essential cmake pkg-config libssl-dev libcurl4-openssl-dev
 use_env "$REPO_ROOT/ci/deps/validators.sh" ensure
+use_env "$REPO_ROOT/ci/deps/prometheus.sh" ensure   # promtool: the monitoring component's rules
 
 # The cross-reference tests run `<binary> check-config` with the environment each
 # manifest gives it, so the three binaries must be built beside the test executables.

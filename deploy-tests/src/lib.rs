@@ -285,13 +285,22 @@ pub fn crd_json_schema(crd: &Value) -> Result<(String, Value)> {
 }
 
 /// Adds `additionalProperties: false` to every object schema that lists its
-/// properties, turns OpenAPI's `nullable` into JSON Schema, and recurses into
+/// properties, turns OpenAPI's `nullable` into JSON Schema, drops the inline flags of
+/// Go regexes, and recurses into
 /// sub-schemas (and only into sub-schemas: a property may be named "properties").
 fn make_strict(schema: &mut Value) {
     let Some(map) = schema.as_object_mut() else { return };
     let preserves = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
     if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves {
         map.insert("additionalProperties".into(), json!(false));
+    }
+    // CRD patterns are Go (RE2) regexes; ECMAScript's, which check-jsonschema reads
+    // them as, has no inline flags, and refuses the whole schema over one. Without the
+    // flag a pattern is only stricter (case-sensitive) than the API server's.
+    if let Some(Value::String(pattern)) = map.get_mut("pattern") {
+        if pattern.contains("(?i)") {
+            *pattern = pattern.replace("(?i)", "");
+        }
     }
     if map.get("nullable") == Some(&json!(true)) {
         if let Some(Value::String(t)) = map.get("type").cloned() {
