@@ -6,6 +6,7 @@ mod bad_input;
 mod broker_restart;
 mod dependencies;
 mod killed_responder;
+mod llm_cold_start;
 mod rolling_restart;
 mod scale_out;
 mod slow_clients;
