@@ -86,13 +86,15 @@ impl Intake {
 
     /// Checks a chat message (text, conversation ownership, rate limit) and publishes
     /// it to `user_messages`; `Ok` only once the broker acknowledged it, 503 when it
-    /// did not. `message_id` replaces the fresh id (an `Idempotency-Key`'s).
+    /// did not. `message_id` replaces the fresh id (an `Idempotency-Key`'s); the record
+    /// carries `trace`, the request's, on to the handlers.
     pub async fn accept(
         &self,
         user: &User,
         conversation_id: Option<Uuid>,
         text: String,
         message_id: Option<Uuid>,
+        trace: TraceParent,
     ) -> Result<UserMessage, ApiError> {
         validate_text(&text, self.max_text_bytes)?;
         let conversation_id = match conversation_id {
@@ -106,9 +108,9 @@ impl Intake {
         if let Some(id) = message_id {
             message.message_id = id;
         }
-        let trace = TraceParent::new_root();
-        let span = tracing::info_span!("chat", message_id = %message.message_id,
-            conversation_id = %conversation_id, trace_id = %trace.trace_id_hex());
+        // The request's span already carries trace_id.
+        let span =
+            tracing::info_span!("chat", message_id = %message.message_id, conversation_id = %conversation_id);
         let produce_started = Instant::now();
         let produced = publish(&self.producer, &message, &trace, self.kafka.produce_timeout)
             .instrument(span.clone())

@@ -21,9 +21,10 @@ use std::{collections::BTreeMap, sync::atomic::Ordering, sync::Arc, time::Durati
 
 use anyhow::Context;
 use platform::{
-    events::{decode, ModelResponse},
+    events::{decode, ModelResponse, ReplyBody},
     kafka::{self, KafkaSettings},
     topics,
+    trace_context::TraceParent,
 };
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
@@ -77,7 +78,11 @@ pub async fn run(state: AppState, lookback: Duration, mut shutdown: watch::Recei
                 match record.payload().map(decode::<ModelResponse>) {
                     Some(Ok(response)) => {
                         metrics::counter!("gateway_relay_events_total").increment(1);
-                        state.hub.publish(id, response);
+                        // Only an error shows its trace: the others skip the header lookup.
+                        let trace_id = matches!(response.body, ReplyBody::Error { .. })
+                            .then(|| TraceParent::from_headers(record.headers()).map(|t| t.trace_id))
+                            .flatten();
+                        state.hub.publish_traced(id, response, trace_id);
                     }
                     // The handlers dead-letter bad records; the relay only skips them.
                     Some(Err(err)) => {
@@ -271,7 +276,7 @@ async fn realign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use platform::events::{ReplyBody, UserMessage};
+    use platform::events::UserMessage;
     use testkit::kafka::Kafka;
     use uuid::Uuid;
 

@@ -89,6 +89,8 @@ pub struct ReplyEvent {
     pub attempt: Uuid,
     /// What it says.
     pub kind: ReplyKind,
+    /// The trace of the message, shown in an `error` event so the user can quote it.
+    trace_id: Option<u128>,
     /// The SSE `data`, rendered by the first stream that sends the event; thousands of
     /// streams of one conversation then share one string.
     data: OnceLock<String>,
@@ -123,7 +125,13 @@ impl ReplyEvent {
     }
 
     fn new(id: EventId, message_id: Uuid, conversation_id: Uuid, attempt: Uuid, kind: ReplyKind) -> Self {
-        Self { id, message_id, conversation_id, attempt, kind, data: OnceLock::new() }
+        Self { id, message_id, conversation_id, attempt, kind, trace_id: None, data: OnceLock::new() }
+    }
+
+    /// The event, naming the message's trace (shown in an `error` event only).
+    pub fn with_trace(mut self, trace_id: Option<u128>) -> Self {
+        self.trace_id = trace_id;
+        self
     }
 
     /// True for the event that ends its message (`done` or `error`).
@@ -168,6 +176,9 @@ impl Serialize for ReplyEvent {
             ReplyKind::Reply(ReplyBody::Error { code, message }) => {
                 s.serialize_field("code", code)?;
                 s.serialize_field("message", message)?;
+                if let Some(trace_id) = self.trace_id {
+                    s.serialize_field("trace_id", &format!("{trace_id:032x}"))?;
+                }
             }
             ReplyKind::Reset => s.serialize_field("reason", RESET_REASON)?,
             ReplyKind::Gap => s.serialize_field("reason", GAP_REASON)?,

@@ -221,6 +221,12 @@ impl Hub {
 
     /// Takes one relayed event; returns how many events it produced for clients.
     pub fn publish(&self, id: EventId, response: ModelResponse) -> usize {
+        self.publish_traced(id, response, None)
+    }
+
+    /// [`Hub::publish`] of a record whose `traceparent` named `trace_id` (an `error`
+    /// event shows it to the user).
+    pub fn publish_traced(&self, id: EventId, response: ModelResponse, trace_id: Option<u128>) -> usize {
         let mut state = self.lock();
         if !state.conversations.contains_key(&response.conversation_id) {
             self.make_room(&mut state);
@@ -235,7 +241,7 @@ impl Hub {
         }
         conv.last_event = Instant::now();
         conv.place(id.partition, forgotten);
-        let event = ReplyEvent::from_response(id, response);
+        let event = ReplyEvent::from_response(id, response).with_trace(trace_id);
         let attempts = match conv.messages.entry(event.message_id) {
             Entry::Occupied(entry) => entry.into_mut(),
             // A late retry of a message that ended long ago: not a new reply.

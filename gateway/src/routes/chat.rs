@@ -13,8 +13,9 @@ use axum::{
     },
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
+use platform::trace_context::TraceParent;
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -46,6 +47,7 @@ pub struct ChatQuery {
 /// `POST /chat`.
 pub async fn post_chat(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceParent>,
     user: User,
     headers: HeaderMap,
     query: Result<Query<ChatQuery>, QueryRejection>,
@@ -75,7 +77,8 @@ pub async fn post_chat(
         let name = format!("{}\n{key}", user.id);
         Uuid::new_v5(&IDEMPOTENT_MESSAGE_NAMESPACE, name.as_bytes())
     });
-    let message = state.intake.accept(&user, request.conversation_id, request.text, message_id).await?;
+    let message =
+        state.intake.accept(&user, request.conversation_id, request.text, message_id, trace).await?;
     let accepted = Accepted::of(&message);
     if let Some(key) = &idempotency_key {
         state.idempotency.put(&user.id, key, Entry { request: fingerprint, answer: accepted });

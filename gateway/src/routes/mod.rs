@@ -6,6 +6,7 @@ mod health;
 mod openai;
 mod page;
 mod stream;
+mod traced;
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/ready", get(health::ready))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(counted::count))
+        .layer(middleware::from_fn(traced::trace))
         .with_state(state)
 }
 

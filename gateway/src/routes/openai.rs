@@ -16,10 +16,13 @@ use axum::{
         sse::{Event, KeepAlive},
         IntoResponse, Response, Sse,
     },
-    Json,
+    Extension, Json,
 };
 use futures::{stream, StreamExt};
-use platform::events::{ReplyBody, Usage};
+use platform::{
+    events::{ReplyBody, Usage},
+    trace_context::TraceParent,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -73,6 +76,7 @@ fn text_of(content: &Value) -> Option<String> {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
     State(state): State<AppState>,
+    Extension(trace): Extension<TraceParent>,
     user: User,
     headers: HeaderMap,
     body: Result<Json<CompletionRequest>, JsonRejection>,
@@ -90,7 +94,7 @@ pub async fn chat_completions(
             Some(v.to_str().ok().and_then(|s| s.parse().ok()).ok_or_else(ApiError::unknown_conversation)?)
         }
     };
-    let message = state.intake.accept(&user, conversation_id, text, None).await?;
+    let message = state.intake.accept(&user, conversation_id, text, None, trace).await?;
     metrics::counter!("gateway_openai_requests_total").increment(1);
     // Events that arrived before this subscription are in the hub's replay window.
     let subscription = state

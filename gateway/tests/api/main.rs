@@ -11,3 +11,4 @@ mod openapi;
 mod outage;
 mod shutdown;
 mod stream;
+mod trace;
