@@ -59,6 +59,17 @@ pub fn selectors(expr: &str) -> Vec<Selector> {
         let c = chars[i];
         if c == '"' || c == '\'' || c == '`' {
             i = skip_string(&chars, i);
+        } else if c == '#' {
+            // A comment, to the end of the line.
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '$' {
+            // A Grafana variable ($__rate_interval, ${datasource}).
+            i += 1;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_{}".contains(chars[i])) {
+                i += 1;
+            }
         } else if c == '[' {
             while i < chars.len() && chars[i] != ']' {
                 i += 1;

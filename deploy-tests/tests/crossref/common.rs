@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
+    path::Path,
     process::Command,
 };
 
@@ -233,4 +234,26 @@ pub fn stage_text<'a>(dockerfile: &'a str, stage: &str) -> &'a str {
     let rest = &dockerfile[start..];
     let end = rest[1..].find("\nFROM ").map_or(rest.len(), |i| i + 1);
     &rest[..end]
+}
+
+/// The Rust sources of the binaries and the library they share (what reads settings and
+/// exports metrics).
+pub fn rust_sources() -> String {
+    fn walk(dir: &Path, out: &mut String) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut text = String::new();
+    for dir in ["platform/src", "gateway/src", "handlers/src"] {
+        walk(&repo_path(dir), &mut text);
+    }
+    assert!(text.len() > 10_000, "no Rust sources found under platform/, gateway/, handlers/");
+    text
 }

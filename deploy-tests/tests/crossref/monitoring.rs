@@ -24,7 +24,7 @@ use deploy_tests::{
 };
 use serde_json::{json, Value};
 
-use crate::common::{keda_for, must, variant_with_component, NAMESPACE};
+use crate::common::{keda_for, must, rust_sources, variant_with_component, NAMESPACE};
 
 /// The component, as a user's kustomization adds it to a variant.
 const COMPONENT: &str = "monitoring";
@@ -452,27 +452,6 @@ fn the_metric_check_reads_promql_and_reports_a_name_nothing_exports() {
     );
 }
 
-/// The Rust sources of the binaries and the library they share (what exports metrics).
-fn rust_sources() -> String {
-    fn walk(dir: &Path, out: &mut String) {
-        let Ok(entries) = fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push_str(&fs::read_to_string(&path).unwrap_or_default());
-            }
-        }
-    }
-    let mut text = String::new();
-    for dir in ["gateway/src", "handlers/src", "platform/src"] {
-        walk(&repo_path(dir), &mut text);
-    }
-    assert!(text.len() > 10_000, "no Rust sources found under gateway/, handlers/, platform/");
-    text
-}
-
 /// Whether a series name is exported: by an external exporter, or as a string literal
 /// of the code (a histogram's `_bucket`, `_sum`, `_count` series by its base name).
 fn is_exported(series: &str, sources: &str) -> bool {
@@ -487,109 +466,8 @@ fn grafana_to_promql(query: &str) -> String {
     query.replace("$__rate_interval", "1m").replace("$__interval", "1m").replace("$__range", "1h")
 }
 
-/// The metric names a PromQL expression reads: identifiers outside strings, label
-/// matchers (`{...}`), ranges (`[...]`) and grouping lists (`by (...)` and the like),
-/// that are neither functions nor aggregations (followed by `(`) nor keywords.
+/// The metric names a PromQL expression reads (`testkit::promql`, which the live check
+/// of the local stack uses too).
 fn metric_names(expr: &str) -> BTreeSet<String> {
-    const AGGREGATIONS: [&str; 12] = [
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-    const GROUPING: [&str; 6] = ["by", "without", "on", "ignoring", "group_left", "group_right"];
-    const KEYWORDS: [&str; 7] = ["and", "or", "unless", "bool", "offset", "inf", "nan"];
-    let chars: Vec<char> = expr.chars().collect();
-    let mut names = BTreeSet::new();
-    let mut i = 0;
-    // Skips a quoted string starting at `i` (its opening quote); returns the index after it.
-    let skip_string = |mut i: usize| {
-        let quote = chars[i];
-        i += 1;
-        while i < chars.len() && chars[i] != quote {
-            i += if chars[i] == '\\' { 2 } else { 1 };
-        }
-        i + 1
-    };
-    // Skips a bracketed part (`{...}`, `[...]`, `(...)`) starting at its opener.
-    let skip_group = |mut i: usize, open: char, close: char| {
-        let mut depth = 0;
-        while i < chars.len() {
-            match chars[i] {
-                '"' | '\'' | '`' => {
-                    i = skip_string(i);
-                    continue;
-                }
-                c if c == open => depth += 1,
-                c if c == close => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return i + 1;
-                    }
-                }
-                _ => {}
-            }
-            i += 1;
-        }
-        i
-    };
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
-    while i < chars.len() {
-        let c = chars[i];
-        match c {
-            '"' | '\'' | '`' => i = skip_string(i),
-            '{' => i = skip_group(i, '{', '}'),
-            '[' => i = skip_group(i, '[', ']'),
-            '#' => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            }
-            // A Grafana variable ($__rate_interval, ${datasource}).
-            '$' => {
-                i += 1;
-                while i < chars.len() && (is_ident(chars[i]) || chars[i] == '{' || chars[i] == '}') {
-                    i += 1;
-                }
-            }
-            // A number or duration (0.95, 1e3, 15m).
-            c if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) => {
-                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
-                    i += 1;
-                }
-            }
-            c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
-                let start = i;
-                while i < chars.len() && is_ident(chars[i]) {
-                    i += 1;
-                }
-                let word: String = chars[start..i].iter().collect();
-                let mut next = i;
-                while next < chars.len() && chars[next].is_whitespace() {
-                    next += 1;
-                }
-                let call = chars.get(next) == Some(&'(');
-                if GROUPING.contains(&word.as_str()) {
-                    if call {
-                        i = skip_group(next, '(', ')');
-                    }
-                } else if !call
-                    && !AGGREGATIONS.contains(&word.as_str())
-                    && !KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
-                {
-                    names.insert(word);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    names
+    testkit::promql::selectors(expr).into_iter().map(|s| s.metric).collect()
 }

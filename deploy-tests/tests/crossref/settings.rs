@@ -8,13 +8,13 @@ use std::{
     process::Command,
 };
 
-use deploy_tests::{container_env, containers, find, repo_path, run, workspace_binary};
+use deploy_tests::{container_env, containers, find, run, workspace_binary};
 use platform::topics;
 use serde_json::{json, Value};
 
 use crate::common::{
-    config, every_variant, filled_secret, k8s, must, our_workloads, required_secret_keys, secret_template,
-    Workload, CONFIG_MAP, MODEL_DIR, SECRET,
+    config, every_variant, filled_secret, k8s, must, our_workloads, required_secret_keys, rust_sources,
+    secret_template, Workload, CONFIG_MAP, MODEL_DIR, SECRET,
 };
 
 /// The environment `w` gets in the cluster, with Secret files and the image's model
@@ -140,26 +140,6 @@ fn bootstrap_job_runs_gateway_init_with_the_kafka_settings() {
     }
 }
 
-/// The Rust sources of the binaries and the library they share.
-fn sources() -> String {
-    fn walk(dir: &Path, out: &mut String) {
-        let Ok(entries) = fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                out.push_str(&fs::read_to_string(&path).unwrap_or_default());
-            }
-        }
-    }
-    let mut text = String::new();
-    for dir in ["platform/src", "gateway/src", "handlers/src"] {
-        walk(&repo_path(dir), &mut text);
-    }
-    text
-}
-
 /// Whether `code` reads the variable `var`: as a literal ("NAME"), as the file variant
 /// of a secret ("NAME" for NAME_FILE), or built from a prefix, as platform's
 /// `Endpoint::from_env(env, "LLM")` builds LLM_BASE_URL with format!("{prefix}_BASE_URL").
@@ -178,7 +158,7 @@ fn code_reads(code: &str, var: &str) -> bool {
 fn every_setting_in_the_manifests_is_one_the_code_reads() {
     // A misspelt variable (HANDLER_CONCURENCY) passes check-config silently: the binary
     // falls back to its default. So every name must appear in the code.
-    let code = sources();
+    let code = rust_sources();
     let mut names: BTreeSet<String> = BTreeSet::new();
     for (_, objects) in every_variant() {
         names.extend(config(&objects).keys().cloned());
