@@ -1,7 +1,10 @@
 //! Who is calling: JWT bearer tokens (HS256 shared secret, or RS256 with a public key
 //! or a JWKS file whose key the token's `kid` names).
 //!
-//! The user id is the token's `sub`. `exp` is required. Browsers' `EventSource` cannot
+//! The user id is the token's `sub`. `exp` is required, and `nbf` (not before) is
+//! checked when present, both with `JWT_LEEWAY_SECS` (60) of tolerance for clocks that
+//! disagree: a token valid only from an hour later is refused, not accepted as it was
+//! before `nbf` was checked. Browsers' `EventSource` cannot
 //! set headers, so a token may also come as the `access_token` query parameter (on
 //! `/stream`); prefer the header elsewhere, since URLs end up in access logs.
 
@@ -63,7 +66,7 @@ struct Claims {
 
 impl Authenticator {
     /// Reads `AUTH`, `JWT_ALGORITHM`, `JWT_SECRET[_FILE]`, `JWT_PUBLIC_KEY_FILE` or
-    /// `JWT_JWKS_FILE`, `JWT_ISSUER` and `JWT_AUDIENCE`.
+    /// `JWT_JWKS_FILE`, `JWT_ISSUER`, `JWT_AUDIENCE` and `JWT_LEEWAY_SECS`.
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
         if env.one_of("AUTH", &["jwt", "disabled"], "jwt")? == "disabled" {
             return Ok(Self::Disabled);
@@ -95,6 +98,15 @@ impl Authenticator {
             (Keys::One(Box::new(key)), Validation::new(Algorithm::RS256))
         };
         validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = env.parse_or("JWT_LEEWAY_SECS", 60)?;
+        if validation.leeway > 300 {
+            return Err(SettingsError::invalid(
+                "JWT_LEEWAY_SECS",
+                &validation.leeway.to_string(),
+                "at most 300: a larger tolerance keeps expired tokens valid for minutes",
+            ));
+        }
         if let Some(issuer) = env.optional("JWT_ISSUER") {
             validation.set_issuer(&[issuer]);
         }
@@ -187,5 +199,63 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Arc::<Authenticator>::from_ref(state).authenticate(token_of(parts).as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "auth-tests-secret-auth-tests-secret-0123";
+
+    fn now() -> i64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("token")
+    }
+
+    fn auth(leeway: Option<&str>) -> Authenticator {
+        let mut pairs = vec![("JWT_SECRET", SECRET)];
+        if let Some(l) = leeway {
+            pairs.push(("JWT_LEEWAY_SECS", l));
+        }
+        Authenticator::from_env(&Env::from_pairs(pairs)).expect("valid settings")
+    }
+
+    fn refusal(auth: &Authenticator, token: &str) -> Option<String> {
+        auth.authenticate(Some(token)).err().map(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused_beyond_the_leeway() {
+        let later = token(json!({"sub": "alice", "exp": now() + 7200, "nbf": now() + 3600}));
+        let refused = refusal(&auth(None), &later).expect("a token valid only from an hour later is refused");
+        assert!(refused.contains("ImmatureSignature"), "{refused}");
+        let almost = token(json!({"sub": "alice", "exp": now() + 7200, "nbf": now() + 30}));
+        assert_eq!(refusal(&auth(None), &almost), None, "30 s early is within the 60 s leeway");
+        assert!(refusal(&auth(Some("0")), &almost).is_some(), "and not within a 0 s leeway");
+    }
+
+    #[test]
+    fn expiry_has_the_documented_leeway() {
+        let just_expired = token(json!({"sub": "alice", "exp": now() - 30}));
+        assert_eq!(refusal(&auth(None), &just_expired), None, "30 s late is within the default 60 s");
+        assert!(refusal(&auth(Some("0")), &just_expired).is_some(), "JWT_LEEWAY_SECS=0 refuses it");
+        let long_expired = token(json!({"sub": "alice", "exp": now() - 120}));
+        assert!(refusal(&auth(None), &long_expired).is_some());
+    }
+
+    #[test]
+    fn a_leeway_over_five_minutes_is_refused_with_its_name() {
+        let env = Env::from_pairs([("JWT_SECRET", SECRET), ("JWT_LEEWAY_SECS", "3600")]);
+        let err = Authenticator::from_env(&env).err().expect("refused");
+        assert!(err.to_string().contains("JWT_LEEWAY_SECS"), "{err}");
     }
 }

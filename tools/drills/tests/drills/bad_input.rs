@@ -146,6 +146,14 @@ async fn jwt_attacks_are_refused_with_a_json_error_at_every_route() {
             )),
         ),
         ("expired", Some(forge(hs256_header.clone(), claims("alice", now() - 3600), Some(secret)))),
+        (
+            "not valid yet",
+            Some(forge(
+                hs256_header.clone(),
+                json!({"sub": "alice", "iat": now(), "nbf": now() + 3600, "exp": now() + 7200}),
+                Some(secret),
+            )),
+        ),
         ("no subject", Some(forge(hs256_header.clone(), json!({"exp": now() + 600}), Some(secret)))),
         (
             "tampered claims",
