@@ -84,14 +84,17 @@ impl Recall {
     }
 }
 
+/// Metric: recalls that failed, by `part` (`recent_turns`, `similar`).
+const RECALL_FAILURES: &str = "responder_recall_failures_total";
+
 /// Creates the recall-failure counters at 0 (a series before the first failure).
 pub fn register_metrics() {
     for part in ["recent_turns", "similar"] {
-        metrics::counter!("responder_recall_failures_total", "part" => part).absolute(0);
+        metrics::counter!(RECALL_FAILURES, "part" => part).absolute(0);
     }
 }
 
 /// Counts a recall that failed, so a dashboard shows answers given without memory.
 fn degraded(part: &'static str) {
-    metrics::counter!("responder_recall_failures_total", "part" => part).increment(1);
+    metrics::counter!(RECALL_FAILURES, "part" => part).increment(1);
 }
