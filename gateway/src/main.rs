@@ -70,10 +70,11 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    let logging = telemetry::init(&env, "gateway").context("configuration error");
-    if logging.is_err() {
-        return exit_code("gateway", logging);
-    }
+    // Held to the end of main: dropping it flushes the spans still queued.
+    let _telemetry = match telemetry::init(&env, "gateway") {
+        Ok(telemetry) => telemetry,
+        Err(err) => return exit_code("gateway", Err(anyhow::Error::new(err).context("configuration error"))),
+    };
     let result = match cli.command {
         Command::Serve => serve(&env).await,
         Command::CheckConfig => check_config(&env),

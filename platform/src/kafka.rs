@@ -16,9 +16,11 @@ use rdkafka::{
     ClientConfig,
 };
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument;
 
 use crate::{
     events::{encode, Event},
+    otel,
     settings::{Env, SettingsError},
     trace_context::TraceParent,
 };
@@ -255,7 +257,8 @@ fn is_host_port(s: &str) -> bool {
 }
 
 /// Writes `event` to its topic, keyed by conversation, with `traceparent` in the
-/// headers, and waits for the broker's acknowledgement.
+/// headers (the producer span's when traces are exported), and waits for the broker's
+/// acknowledgement.
 pub async fn publish<E: Event>(
     producer: &FutureProducer,
     event: &E,
@@ -264,13 +267,15 @@ pub async fn publish<E: Event>(
 ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
     let payload = encode(event);
     let key = event.key();
+    let span = otel::producer_span(E::TOPIC);
+    let trace = otel::carry(&span, trace);
     let record =
         FutureRecord::to(E::TOPIC).key(&key).payload(&payload).headers(trace.to_headers(OwnedHeaders::new()));
-    producer
-        .send(record, timeout)
-        .await
-        .map(|delivery| (delivery.partition, delivery.offset))
-        .map_err(|(err, _)| err)
+    let delivered = producer.send(record, timeout).instrument(span.clone()).await;
+    if let Err((err, _)) = &delivered {
+        otel::fail(&span, err);
+    }
+    delivered.map(|delivery| (delivery.partition, delivery.offset)).map_err(|(err, _)| err)
 }
 
 /// The partition numbers of `topic`, from the broker's metadata.

@@ -1,15 +1,26 @@
-//! Log initialisation: JSON lines for clusters, readable text for a terminal.
+//! Log initialisation (JSON lines for clusters, readable text for a terminal) and, when
+//! an OTLP endpoint is set, trace export ([`crate::otel`]).
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
 
-use crate::settings::{Env, SettingsError};
+use crate::{
+    otel::{self, OtelSettings},
+    settings::{Env, SettingsError},
+};
+
+/// What logging started; keep it until exit: dropping it flushes the spans still queued.
+#[must_use = "dropping it stops trace export"]
+pub struct Telemetry {
+    _exporter: Option<otel::Exporter>,
+}
 
 /// Installs the global `tracing` subscriber for `service`.
 ///
 /// `LOG_FORMAT` is `json` (default; one object per line with the current span's
 /// fields, so message_id / conversation_id / trace_id reach every line) or `text`.
-/// `RUST_LOG` filters as usual and defaults to `info`.
-pub fn init(env: &Env, service: &'static str) -> Result<(), SettingsError> {
+/// `RUST_LOG` filters as usual and defaults to `info`; it filters exported spans too
+/// (ours are at `info`). The `OTEL_*` variables of [`OtelSettings`] turn trace export on.
+pub fn init(env: &Env, service: &'static str) -> Result<Telemetry, SettingsError> {
     let format = env.one_of("LOG_FORMAT", &["json", "text"], "json")?;
     let filter_spec = env.optional("RUST_LOG").unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&filter_spec).map_err(|e| SettingsError::Invalid {
@@ -17,13 +28,32 @@ pub fn init(env: &Env, service: &'static str) -> Result<(), SettingsError> {
         value: filter_spec.clone(),
         reason: e.to_string(),
     })?;
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    // A second init (e.g. in tests) keeps the first subscriber; that is harmless.
-    let _ = if format == "json" {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+    let otel_settings = OtelSettings::from_env(env, service)?;
+    let logs = fmt::layer().with_writer(std::io::stderr);
+    let logs = if format == "json" {
+        logs.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed()
     } else {
-        builder.compact().try_init()
+        logs.compact().boxed()
     };
-    tracing::debug!(service, "logging initialised");
-    Ok(())
+    let (traces, exporter) = match &otel_settings {
+        Some(settings) => {
+            let (layer, exporter) = otel::layer(settings)?;
+            (Some(layer), Some(exporter))
+        }
+        None => (None, None),
+    };
+    // A second init (e.g. in tests) keeps the first subscriber; that is harmless.
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init();
+    match &otel_settings {
+        Some(settings) => tracing::info!(
+            service = %settings.service_name,
+            endpoint = %settings.endpoint,
+            sampling = ?settings.sampling,
+            "exporting traces over OTLP"
+        ),
+        None => {
+            tracing::debug!(service, "logging initialised; trace export off (no OTEL_EXPORTER_OTLP_ENDPOINT)")
+        }
+    }
+    Ok(Telemetry { _exporter: exporter })
 }

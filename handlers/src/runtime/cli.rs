@@ -2,7 +2,6 @@
 
 use std::{future::Future, process::ExitCode, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use platform::{
     settings::{exit_code, is_config_error, Env, SettingsError},
@@ -59,10 +58,11 @@ pub fn main<A: App>(about: &'static str) -> ExitCode {
         Err(err) => err.exit(),
     };
     let env = Env::from_process();
-    let logging = platform::telemetry::init(&env, A::NAME).context("configuration error");
-    if logging.is_err() {
-        return exit_code(A::NAME, logging);
-    }
+    // Held to the end of main: dropping it flushes the spans still queued.
+    let _telemetry = match platform::telemetry::init(&env, A::NAME) {
+        Ok(telemetry) => telemetry,
+        Err(err) => return exit_code(A::NAME, Err(anyhow::Error::new(err).context("configuration error"))),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {

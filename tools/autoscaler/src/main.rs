@@ -53,10 +53,13 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    let logging = telemetry::init(&env, "autoscaler").context("configuration error");
-    if logging.is_err() {
-        return exit_code("autoscaler", logging);
-    }
+    // Held to the end of main: dropping it flushes the spans still queued.
+    let _telemetry = match telemetry::init(&env, "autoscaler") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            return exit_code("autoscaler", Err(anyhow::Error::new(err).context("configuration error")))
+        }
+    };
     exit_code("autoscaler", run(cli, &env).await)
 }
 
