@@ -5,6 +5,7 @@
 //! Every read is filtered by `user_id`: memory never crosses users.
 
 use std::{
+    future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -15,6 +16,7 @@ use std::{
 use anyhow::Context;
 use platform::{
     events::Role,
+    otel,
     settings::{Env, SettingsError},
 };
 use qdrant_client::{
@@ -27,6 +29,7 @@ use qdrant_client::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Where the store lives.
@@ -245,10 +248,8 @@ impl MemoryStore {
                 Ok(PointStruct::new(m.point_id.to_string(), vector.clone(), payload))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        self.client
-            .upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true))
-            .await
-            .context("upsert_points")?;
+        let upsert = self.client.upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true));
+        self.traced("upsert", upsert).await.context("upsert_points")?;
         Ok(())
     }
 
@@ -266,17 +267,14 @@ impl MemoryStore {
             Condition::matches("user_id", user_id.to_string()),
             Condition::matches("conversation_id", conversation_id.to_string()),
         ]);
-        let response = self
-            .client
-            .scroll(
-                ScrollPointsBuilder::new(&self.collection)
-                    .filter(filter)
-                    .order_by(OrderByBuilder::new("ts").direction(Direction::Desc as i32))
-                    .limit(limit)
-                    .with_payload(true),
-            )
-            .await
-            .context("scroll")?;
+        let scroll = self.client.scroll(
+            ScrollPointsBuilder::new(&self.collection)
+                .filter(filter)
+                .order_by(OrderByBuilder::new("ts").direction(Direction::Desc as i32))
+                .limit(limit)
+                .with_payload(true),
+        );
+        let response = self.traced("scroll", scroll).await.context("scroll")?;
         let mut turns: Vec<Memory> = response.result.iter().filter_map(from_retrieved).collect();
         turns.sort_by_key(|m| m.ts_ms);
         Ok(turns)
@@ -292,18 +290,36 @@ impl MemoryStore {
         if k == 0 || !self.exists().await? {
             return Ok(Vec::new());
         }
-        let response = self
-            .client
-            .query(
-                QueryPointsBuilder::new(&self.collection)
-                    .query(vector)
-                    .filter(Filter::must([Condition::matches("user_id", user_id.to_string())]))
-                    .limit(k)
-                    .with_payload(true),
-            )
-            .await
-            .context("query")?;
+        let query = self.client.query(
+            QueryPointsBuilder::new(&self.collection)
+                .query(vector)
+                .filter(Filter::must([Condition::matches("user_id", user_id.to_string())]))
+                .limit(k)
+                .with_payload(true),
+        );
+        let response = self.traced("query", query).await.context("query")?;
         Ok(response.result.iter().filter_map(|p| from_scored(p).map(|m| (m, p.score))).collect())
+    }
+
+    /// Runs one Qdrant call inside its client span (database conventions) when traces
+    /// are exported.
+    async fn traced<T, E: std::fmt::Display>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        if !otel::exporting() {
+            return call.await;
+        }
+        let span = otel::span(&format!("{operation} {}", self.collection), otel::Kind::Client);
+        otel::set(&span, "db.system.name", "qdrant");
+        otel::set(&span, "db.operation.name", operation);
+        otel::set(&span, "db.collection.name", self.collection.clone());
+        let result = call.instrument(span.clone()).await;
+        if let Err(err) = &result {
+            otel::fail(&span, err);
+        }
+        result
     }
 
     async fn exists(&self) -> Result<bool, StoreError> {

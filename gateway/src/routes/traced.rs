@@ -3,16 +3,20 @@
 //! the request is handled carries `trace_id`, the answer names the trace in an
 //! `x-trace-id` header, and a JSON error body carries it as `error.trace_id`, so a
 //! user's bug report leads straight to the logs (and traces) of that request. A chat
-//! message's records carry the same trace on to the handlers.
+//! message's records carry the same trace on to the handlers. When traces are
+//! exported, the request is the HTTP server span of its trace.
 
 use axum::{
     body::Body,
-    extract::Request,
+    extract::{MatchedPath, Request},
     http::{header, HeaderName, HeaderValue},
     middleware::Next,
     response::Response,
 };
-use platform::trace_context::{TraceParent, HEADER};
+use platform::{
+    otel,
+    trace_context::{TraceParent, HEADER},
+};
 use tracing::Instrument;
 
 /// The response header naming the request's trace.
@@ -23,17 +27,27 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Runs the request inside its trace and names the trace in the answer.
 pub async fn trace(mut request: Request, next: Next) -> Response {
-    let trace = request
+    let caller = request
         .headers()
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<TraceParent>().ok())
-        .map(|caller| caller.child())
-        .unwrap_or_else(TraceParent::new_root);
-    request.extensions_mut().insert(trace);
+        .and_then(|v| v.parse::<TraceParent>().ok());
+    let span = if otel::exporting() {
+        server_span(&request)
+    } else {
+        tracing::info_span!("request", trace_id = tracing::field::Empty)
+    };
+    let trace = otel::start(&span, caller);
     let trace_id = trace.trace_id_hex();
-    let span = tracing::info_span!("request", trace_id = %trace_id);
-    let mut response = next.run(request).instrument(span).await;
+    span.record("trace_id", trace_id.as_str());
+    request.extensions_mut().insert(trace);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if otel::exporting() {
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            otel::fail(&span, response.status());
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
         response.headers_mut().insert(TRACE_ID_HEADER, value);
     }
@@ -45,6 +59,23 @@ pub async fn trace(mut request: Request, next: Next) -> Response {
         response = with_trace_id(response, &trace_id).await;
     }
     response
+}
+
+/// The HTTP server span (OpenTelemetry's HTTP conventions), named by the matched route.
+fn server_span(request: &Request) -> tracing::Span {
+    let method = request.method().as_str();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str());
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {}", route.unwrap_or("unmatched")),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    span
 }
 
 /// The error body `{"error": {…}}` with `trace_id` added to the error object.

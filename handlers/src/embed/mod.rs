@@ -8,8 +8,10 @@ use std::{path::PathBuf, sync::Arc};
 
 use platform::{
     llm::Endpoint,
+    otel,
     settings::{Env, SettingsError},
 };
+use tracing::Instrument;
 
 /// Why embedding failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,15 +84,19 @@ impl Embedder {
             return Ok(Vec::new());
         }
         let expected = texts.len();
+        let span = otel::span("embed", otel::Kind::Internal);
+        otel::set(&span, "chat.embed.texts", expected as i64);
         let vectors = match self {
             Self::Local(model) => {
                 let model = model.clone();
                 tokio::task::spawn_blocking(move || model.embed(&texts))
+                    .instrument(span.clone())
                     .await
-                    .map_err(|e| EmbedError::Failed(format!("embedding task: {e}")))??
+                    .map_err(|e| EmbedError::Failed(format!("embedding task: {e}")))?
             }
-            Self::Remote(client) => client.embed(texts).await?,
+            Self::Remote(client) => client.embed(texts).instrument(span.clone()).await,
         };
+        let vectors = vectors.inspect_err(|err| otel::fail(&span, err))?;
         if vectors.len() != expected {
             return Err(EmbedError::Failed(format!("asked for {expected} vectors, got {}", vectors.len())));
         }

@@ -2,7 +2,9 @@
 //! embedded are embedded and upserted together as the next batch. A lone call is
 //! handled at once, so batching adds no latency when the worker is quiet.
 
+use platform::otel;
 use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, Span};
 
 use crate::{
     embed::{EmbedError, Embedder},
@@ -23,7 +25,8 @@ pub enum StoreFailure {
     Rejected(String),
 }
 
-type Request = (Memory, oneshot::Sender<Result<(), StoreFailure>>);
+/// A memory to store, the span of the record it came from, and where to answer.
+type Request = (Memory, Span, oneshot::Sender<Result<(), StoreFailure>>);
 
 /// Handle to the batching task.
 #[derive(Clone)]
@@ -42,7 +45,10 @@ impl Batcher {
     /// Embeds and stores one memory; resolves once it is in Qdrant.
     pub async fn store(&self, memory: Memory) -> Result<(), StoreFailure> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((memory, reply)).await.map_err(|_| StoreFailure::Failed("batcher stopped".into()))?;
+        self.tx
+            .send((memory, Span::current(), reply))
+            .await
+            .map_err(|_| StoreFailure::Failed("batcher stopped".into()))?;
         answer.await.map_err(|_| StoreFailure::Failed("batcher dropped the request".into()))?
     }
 }
@@ -51,21 +57,37 @@ async fn run(embedder: Embedder, store: MemoryStore, batch_size: usize, mut rx: 
     let mut batch = Vec::with_capacity(batch_size);
     while rx.recv_many(&mut batch, batch_size).await > 0 {
         metrics::histogram!("memory_batch_size").record(batch.len() as f64);
-        let memories: Vec<Memory> = batch.iter().map(|(m, _)| m.clone()).collect();
-        match store_batch(&embedder, &store, &memories).await {
+        let memories: Vec<Memory> = batch.iter().map(|(m, _, _)| m.clone()).collect();
+        let span = batch_span(&batch);
+        match store_batch(&embedder, &store, &memories).instrument(span).await {
             // One bad input must not fail the others: after a refusal, each is tried alone.
             Err(StoreFailure::Failed(_) | StoreFailure::Rejected(_)) if batch.len() > 1 => {
-                for (memory, reply) in batch.drain(..) {
-                    let _ = reply.send(store_batch(&embedder, &store, std::slice::from_ref(&memory)).await);
+                for (memory, record, reply) in batch.drain(..) {
+                    let alone = otel::span_under(&record, "store", otel::Kind::Internal);
+                    let stored =
+                        store_batch(&embedder, &store, std::slice::from_ref(&memory)).instrument(alone).await;
+                    let _ = reply.send(stored);
                 }
             }
             result => {
-                for (_, reply) in batch.drain(..) {
+                for (_, _, reply) in batch.drain(..) {
                     let _ = reply.send(result.clone());
                 }
             }
         }
     }
+}
+
+/// When traces are exported, the batch's span: a child of its first record's span (so
+/// a lone message's trace shows its embed and upsert) and linked to the others'.
+fn batch_span(batch: &[Request]) -> Span {
+    let Some((_, first, _)) = batch.first() else { return Span::none() };
+    let span = otel::span_under(first, "store batch", otel::Kind::Internal);
+    otel::set(&span, "chat.batch.size", batch.len() as i64);
+    for (_, record, _) in &batch[1..] {
+        otel::link(&span, record);
+    }
+    span
 }
 
 async fn store_batch(embedder: &Embedder, store: &MemoryStore, batch: &[Memory]) -> Result<(), StoreFailure> {

@@ -17,12 +17,14 @@ use async_openai::{config::OpenAIConfig, Client};
 use platform::{
     events::{decode, DecodeError, ModelResponse, ReplyBody, UserMessage},
     llm::Endpoint,
+    otel,
     settings::{Env, SettingsError},
     topics,
 };
 
 use cold_start::ColdStart;
 pub use recall::{Recall, Recalled};
+use tracing::Instrument;
 
 /// The responder's settings.
 #[derive(Debug, Clone)]
@@ -123,7 +125,7 @@ impl Handler for Responder {
 
     async fn handle(&self, message: &UserMessage, ctx: &Context<'_>) -> Result<(), HandlerError> {
         let started = std::time::Instant::now();
-        let prompt = self.prompt_for(message).await;
+        let prompt = self.prompt_for(message).instrument(otel::span("recall", otel::Kind::Internal)).await;
         metrics::histogram!("responder_recall_seconds").record(started.elapsed().as_secs_f64());
         let attempt = attempt_id();
         let request = stream::Request {

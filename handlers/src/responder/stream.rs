@@ -17,7 +17,9 @@ use futures::StreamExt;
 use platform::{
     events::{ModelResponse, ReplyBody, Usage, UserMessage},
     llm::is_retryable,
+    otel,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -43,13 +45,46 @@ pub struct Request<'a> {
     pub cold_start: &'a ColdStart,
 }
 
-/// Asks the model and publishes the reply to `message` as attempt `attempt`.
+/// Asks the model and publishes the reply to `message` as attempt `attempt`; the
+/// publishes are children of the LLM call's span when traces are exported.
 pub async fn reply(
     llm: &Client<OpenAIConfig>,
     request: Request<'_>,
     message: &UserMessage,
     attempt: Uuid,
     ctx: &Context<'_>,
+) -> Result<(), HandlerError> {
+    let span = llm_span(&request);
+    let result = stream_reply(llm, request, message, attempt, ctx, &span).instrument(span.clone()).await;
+    if let Err(err) = &result {
+        otel::fail(&span, err);
+    }
+    result
+}
+
+/// The LLM call's client span (OpenTelemetry's GenAI conventions), when exporting.
+fn llm_span(request: &Request<'_>) -> tracing::Span {
+    if !otel::exporting() {
+        return tracing::Span::none();
+    }
+    let span = otel::span(&format!("chat {}", request.model), otel::Kind::Client);
+    otel::set(&span, "gen_ai.operation.name", "chat");
+    otel::set(&span, "gen_ai.provider.name", "openai");
+    otel::set(&span, "gen_ai.request.model", request.model.to_string());
+    otel::set(&span, "gen_ai.request.max_tokens", i64::from(request.max_tokens));
+    if let Some(t) = request.temperature {
+        otel::set(&span, "gen_ai.request.temperature", f64::from(t));
+    }
+    span
+}
+
+async fn stream_reply(
+    llm: &Client<OpenAIConfig>,
+    request: Request<'_>,
+    message: &UserMessage,
+    attempt: Uuid,
+    ctx: &Context<'_>,
+    span: &tracing::Span,
 ) -> Result<(), HandlerError> {
     let cold_start = request.cold_start;
     let request = chat_request(&request)?;
@@ -92,7 +127,9 @@ pub async fn reply(
                 if seq == 0 {
                     // The first token goes out the moment it exists: it is what the
                     // user waits for.
-                    metrics::histogram!("responder_llm_first_token_seconds").record(started.elapsed().as_secs_f64());
+                    let first_token = started.elapsed().as_secs_f64();
+                    metrics::histogram!("responder_llm_first_token_seconds").record(first_token);
+                    otel::set(span, "gen_ai.server.time_to_first_token", first_token);
                     ctx.publish(&event(ReplyBody::Token { seq, delta: std::mem::take(&mut pending) })).await?;
                     seq += 1;
                 } else if flush_at.is_none() {
@@ -115,6 +152,11 @@ pub async fn reply(
         return Err(HandlerError::Transient(anyhow::anyhow!("the LLM stream ended without a finish reason")));
     };
     metrics::histogram!("responder_llm_reply_seconds").record(started.elapsed().as_secs_f64());
+    otel::set(span, "gen_ai.response.finish_reasons", finish_reason.clone());
+    if let Some(usage) = &usage {
+        otel::set(span, "gen_ai.usage.input_tokens", i64::from(usage.prompt_tokens));
+        otel::set(span, "gen_ai.usage.output_tokens", i64::from(usage.completion_tokens));
+    }
     // `done` only once every token is stored: in a broker outage longer than the produce
     // timeout, librdkafka expires the tokens queued first and writes later ones after it
     // (1,2,3,4,5 can be stored as 1,4,5). A `done` after such a gap would end the

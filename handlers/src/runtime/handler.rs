@@ -6,6 +6,7 @@ use std::{future::Future, sync::Mutex, time::Duration};
 
 use platform::{
     events::{encode, DecodeError, Event},
+    otel,
     sync::lock,
     trace_context::TraceParent,
 };
@@ -118,7 +119,8 @@ pub enum Sink {
     Collect,
 }
 
-type Delivery = rdkafka::producer::DeliveryFuture;
+/// A write on its way, with the span that lasts until it is acknowledged.
+type Delivery = (rdkafka::producer::DeliveryFuture, tracing::Span);
 
 /// What a handler sees of the runtime while handling one input.
 pub struct Context<'a> {
@@ -135,7 +137,8 @@ impl<'a> Context<'a> {
         Self { sink, trace, attempt, deliveries: Mutex::default(), collected: Mutex::default() }
     }
 
-    /// The trace this input continues (already a child span of the producer's).
+    /// The trace of this input's processing (outputs name their own write's span when
+    /// traces are exported).
     pub fn trace(&self) -> &TraceParent {
         &self.trace
     }
@@ -160,14 +163,17 @@ impl<'a> Context<'a> {
             }
             Sink::Kafka { producer, timeout } => {
                 let deadline = tokio::time::Instant::now() + *timeout;
+                // Kept until the delivery is acknowledged, so it spans the whole write.
+                let span = otel::producer_span(E::TOPIC);
+                let trace = otel::carry(&span, &self.trace);
                 loop {
                     let record = FutureRecord::to(E::TOPIC)
                         .key(&key)
                         .payload(&payload)
-                        .headers(self.trace.to_headers(OwnedHeaders::new()));
+                        .headers(trace.to_headers(OwnedHeaders::new()));
                     match producer.send_result(record) {
                         Ok(delivery) => {
-                            lock(&self.deliveries).push(delivery);
+                            lock(&self.deliveries).push((delivery, span));
                             return Ok(());
                         }
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
@@ -185,17 +191,15 @@ impl<'a> Context<'a> {
     /// Waits until every published event is acknowledged.
     pub async fn flush(&self) -> Result<(), HandlerError> {
         let deliveries = std::mem::take(&mut *lock(&self.deliveries));
-        for delivery in deliveries {
+        for (delivery, span) in deliveries {
             let result: Result<OwnedDeliveryResult, _> = delivery.await;
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((err, _))) => {
-                    return Err(HandlerError::Transient(anyhow::anyhow!("output not acknowledged: {err}")))
-                }
-                Err(_) => {
-                    return Err(HandlerError::Transient(anyhow::anyhow!("producer dropped a delivery")))
-                }
-            }
+            let err = match result {
+                Ok(Ok(_)) => continue,
+                Ok(Err((err, _))) => anyhow::anyhow!("output not acknowledged: {err}"),
+                Err(_) => anyhow::anyhow!("producer dropped a delivery"),
+            };
+            otel::fail(&span, &err);
+            return Err(HandlerError::Transient(err));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use platform::trace_context::TraceParent;
+use platform::{otel, trace_context::TraceParent};
 use rdkafka::{message::OwnedMessage, producer::FutureProducer, Message};
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -46,10 +46,9 @@ impl<H: Handler> Processor<H> {
     /// uncommitted for redelivery).
     pub(super) async fn process(&self, job: &Job<H::Input>, mut shutdown: watch::Receiver<bool>) -> Outcome {
         let record = &job.record;
-        let trace = TraceParent::from_headers(record.headers())
-            .map(|t| t.child())
-            .unwrap_or_else(TraceParent::new_root);
-        let span = record_span::<H>(record, &trace);
+        let span = record_span::<H>(record, self.handler.group());
+        let trace = otel::start(&span, TraceParent::from_headers(record.headers()));
+        span.record("trace_id", tracing::field::display(trace.trace_id_hex()));
         let input = match &job.work {
             Work::DeadLetter(reason) => {
                 return self.dead_letter_until_acked(record, reason, 0, &mut shutdown).instrument(span).await;
@@ -76,7 +75,9 @@ impl<H: Handler> Processor<H> {
         let mut was_unavailable = false;
         loop {
             attempt += 1;
-            let err = match self.attempt(input, trace, attempt).await {
+            let span = otel::span("attempt", otel::Kind::Internal);
+            otel::set(&span, "chat.attempt", i64::from(attempt));
+            let err = match self.attempt(input, trace, attempt).instrument(span.clone()).await {
                 Ok(()) => {
                     if was_unavailable {
                         self.status.dependency_recovered();
@@ -84,7 +85,10 @@ impl<H: Handler> Processor<H> {
                     record_handled::<H, _>(job, attempt);
                     return Outcome::Done;
                 }
-                Err(err) => err,
+                Err(err) => {
+                    otel::fail(&span, &err);
+                    err
+                }
             };
             match after_failure(&err, attempt, retrying.max_attempts) {
                 AfterFailure::WaitForDependency => {
@@ -217,16 +221,34 @@ async fn back_off(delay: Duration, shutdown: &mut watch::Receiver<bool>) -> bool
     }
 }
 
-/// The span every log line about one record carries; the ids are filled in once the
-/// record is decoded.
-fn record_span<H: Handler>(record: &OwnedMessage, trace: &TraceParent) -> tracing::Span {
+/// The span every log line about one record carries; the trace and the ids are filled
+/// in once known. When traces are exported it is the consumer span of the record
+/// (OpenTelemetry's messaging conventions), a child of the span that wrote it.
+fn record_span<H: Handler>(record: &OwnedMessage, group: &'static str) -> tracing::Span {
+    if otel::exporting() {
+        return tracing::info_span!(
+            "record",
+            otel.name = %format!("process {}", record.topic()),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = record.topic(),
+            messaging.consumer.group.name = group,
+            messaging.destination.partition.id = record.partition(),
+            messaging.kafka.offset = record.offset(),
+            handler = H::NAME,
+            trace_id = tracing::field::Empty,
+            message_id = tracing::field::Empty,
+            conversation_id = tracing::field::Empty,
+        );
+    }
     tracing::info_span!(
         "record",
         handler = H::NAME,
         topic = record.topic(),
         partition = record.partition(),
         offset = record.offset(),
-        trace_id = %trace.trace_id_hex(),
+        trace_id = tracing::field::Empty,
         message_id = tracing::field::Empty,
         conversation_id = tracing::field::Empty,
     )
