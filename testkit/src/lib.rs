@@ -7,9 +7,11 @@
 //! exports their paths (`TANSU_BIN`, `LLAMA_SERVER_BIN`, …); without them a test fails
 //! with a message saying so instead of being skipped. [`kafka`] is what the tests do on
 //! the broker: publish events, read a topic until a condition holds, measure lag.
+//! [`otlp`] receives the traces the binaries export.
 
 pub mod fake_llm;
 pub mod kafka;
+pub mod otlp;
 pub mod promql;
 
 use std::{
