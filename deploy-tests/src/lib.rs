@@ -554,13 +554,54 @@ pub fn resolve_port(container: &Value, port: &Value) -> Result<u16> {
         .ok_or_else(|| anyhow!("no container port named {port_name:?}"))
 }
 
-/// `true` when `selector` (`matchLabels` only; what these manifests use) selects `labels`.
+/// `true` when the label selector `selector` (`matchLabels` and `matchExpressions`)
+/// selects `labels`.
 pub fn selects(selector: &Value, labels: &Map<String, Value>) -> bool {
-    if selector["matchExpressions"].as_array().is_some_and(|e| !e.is_empty()) {
-        return false; // not used here; never treat an unknown selector as a match
-    }
-    selector["matchLabels"]
+    let by_labels = selector["matchLabels"]
         .as_object()
         .map(|m| m.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        .unwrap_or(true)
+        .unwrap_or(true);
+    let by_expressions = selector["matchExpressions"].as_array().into_iter().flatten().all(|e| {
+        let value = e["key"].as_str().and_then(|k| labels.get(k));
+        let listed = || e["values"].as_array().is_some_and(|vs| value.is_some_and(|v| vs.contains(v)));
+        match e["operator"].as_str() {
+            Some("In") => listed(),
+            Some("NotIn") => !listed(),
+            Some("Exists") => value.is_some(),
+            Some("DoesNotExist") => value.is_none(),
+            // Never treat an unknown operator as a match.
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selectors_match_labels_and_expressions_as_kubernetes_does() {
+        let labels = json!({"app.kubernetes.io/name": "gateway", "tier": "web"});
+        let labels = labels.as_object().expect("labels");
+        let yes = |selector: Value| assert!(selects(&selector, labels), "{selector} should select");
+        let no = |selector: Value| assert!(!selects(&selector, labels), "{selector} should not select");
+        yes(json!({}));
+        yes(json!({"matchLabels": {"tier": "web"}}));
+        no(json!({"matchLabels": {"tier": "db"}}));
+        let expr = |op: &str, key: &str, values: Value| json!({"matchExpressions": [{"key": key, "operator": op, "values": values}]});
+        yes(expr("In", "app.kubernetes.io/name", json!(["gateway", "memory"])));
+        no(expr("In", "app.kubernetes.io/name", json!(["responder"])));
+        yes(expr("NotIn", "app.kubernetes.io/name", json!(["responder"])));
+        no(expr("NotIn", "app.kubernetes.io/name", json!(["gateway"])));
+        yes(expr("NotIn", "missing", json!(["x"])));
+        yes(expr("Exists", "tier", Value::Null));
+        no(expr("Exists", "missing", Value::Null));
+        yes(expr("DoesNotExist", "missing", Value::Null));
+        no(expr("Gt", "tier", json!(["1"])));
+        no(
+            json!({"matchLabels": {"tier": "web"}, "matchExpressions": [{"key": "tier", "operator": "DoesNotExist"}]}),
+        );
+    }
 }
