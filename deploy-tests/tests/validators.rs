@@ -161,6 +161,21 @@ fn the_gateway_api_component_is_strictly_valid() {
 }
 
 #[test]
+fn the_tracing_component_is_strictly_valid_with_every_variant() {
+    for variant in ["ollama", "remote-openai", "vllm", "external-kafka", "strimzi"] {
+        let rendered = must(deploy_tests::kustomize_combined(
+            &[&repo_path(&format!("k8s/variants/{variant}"))],
+            &[&repo_path("k8s/components/tracing")],
+            "chat-stack",
+        ));
+        let objects = must(yaml_documents(&rendered));
+        assert!(objects.iter().any(|o| kind(o) == "NetworkPolicy" && name(o) == "allow-otlp-export"));
+        let problems = strictly_invalid(&format!("{variant} + components/tracing"), &objects);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
+#[test]
 fn the_strimzi_schema_check_rejects_each_broken_object() {
     let schemas = must(crd_schemas(&repo_path("ci/schemas/strimzi")));
     for k in ["Kafka", "KafkaNodePool", "KafkaTopic"] {

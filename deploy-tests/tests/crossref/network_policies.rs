@@ -14,7 +14,8 @@ use deploy_tests::{
 use serde_json::{json, Map, Value};
 
 use crate::common::{
-    all_objects, every_variant, must, our_workloads, secret_template, CONFIG_MAP, NAMESPACE, SECRET,
+    all_objects, every_variant, k8s_variant, must, our_workloads, secret_template, variant_names,
+    variant_with_component, CONFIG_MAP, NAMESPACE, SECRET,
 };
 
 /// An address outside the cluster, standing for a remote API or a managed broker.
@@ -249,6 +250,55 @@ fn every_pod_reaches_each_dependency_it_is_configured_to_use_in_every_variant() 
                 "{variant}: {label} cannot reach {address} ({dst}, port {pod_port})"
             );
         }
+    }
+}
+
+#[test]
+fn the_tracing_component_lets_every_service_reach_the_collector_it_names_and_nothing_else_does() {
+    let secrets = BTreeMap::from([(SECRET.to_string(), secret_template())]);
+    for variant in variant_names() {
+        let objects = variant_with_component(&variant, "tracing");
+        let eval = Policies::new(&objects);
+        let without = k8s_variant(&variant);
+        let eval_without = Policies::new(&without);
+        let cm = string_map(must(find(&objects, "ConfigMap", CONFIG_MAP)), "data");
+        let config_maps = BTreeMap::from([(CONFIG_MAP.to_string(), cm)]);
+        let mut exporters = BTreeSet::new();
+        for w in our_workloads(&objects) {
+            if w.container["args"][0] == "init" {
+                continue;
+            }
+            let root = tempfile::tempdir().expect("temp dir");
+            let env = must(container_env(&w.pod, &w.container, &config_maps, &secrets, root.path(), &[]));
+            let endpoint = env
+                .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .unwrap_or_else(|| panic!("{variant}: {} gets no OTEL_EXPORTER_OTLP_ENDPOINT", w.label));
+            // The collector is a Service of another namespace: <service>.<namespace>.
+            let (host, port) = host_port(endpoint);
+            let namespace = host.split('.').nth(1).unwrap_or_else(|| panic!("{host}: no namespace"));
+            let labels = objects
+                .iter()
+                .filter_map(pod_template)
+                .find(|t| t["spec"] == w.pod)
+                .and_then(|t| t["metadata"]["labels"].as_object().cloned())
+                .expect("pod labels");
+            let src = Peer::Pod { namespace: NAMESPACE.to_string(), labels };
+            let collector = Peer::Namespace(namespace.to_string());
+            assert!(
+                eval.allows(&src, &collector, port, "TCP"),
+                "{variant}: {} cannot reach {endpoint}",
+                w.label
+            );
+            assert!(
+                !eval_without.allows(&src, &collector, port, "TCP"),
+                "{variant}: {} reaches {endpoint} without the component",
+                w.label
+            );
+            assert!(!eval.allows(&src, &collector, 4317, "TCP"), "{variant}: only OTLP/HTTP is opened");
+            exporters.insert(w.binary.clone());
+        }
+        let expected: BTreeSet<String> = ["gateway", "responder", "memory"].map(String::from).into();
+        assert_eq!(exporters, expected, "{variant}: the services that export traces");
     }
 }
 
