@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use qdrant_client::qdrant as pb;
 use qdrant_client::qdrant::collections_server::Collections;
-use qdrant_edge::{EdgeConfig, EdgeShard, EdgeVectorParams, DEFAULT_VECTOR_NAME};
+use qdrant_edge::{Distance, EdgeConfig, EdgeVectorParams, DEFAULT_VECTOR_NAME};
 use tonic::{Request, Response, Status};
 
+use crate::collection_info::CollectionSummary;
 use crate::convert::{distance_from_pb, distance_to_pb, field_type_to_pb, unsupported};
 use crate::store::Store;
 
@@ -53,14 +54,19 @@ fn vector_params(params: pb::VectorParams) -> Result<EdgeVectorParams, Status> {
     if params.multivector_config.is_some() {
         return Err(unsupported("multi-vectors"));
     }
-    if params.size == 0 {
+    dense_vector_params(params.size, distance_from_pb(params.distance)?)
+}
+
+/// Engine params for one dense vector; shared with the REST API.
+pub fn dense_vector_params(size: u64, distance: Distance) -> Result<EdgeVectorParams, Status> {
+    if size == 0 {
         return Err(Status::invalid_argument("vector size must be at least 1"));
     }
-    let size = usize::try_from(params.size)
-        .map_err(|_| Status::invalid_argument(format!("vector size {} is too large", params.size)))?;
+    let size = usize::try_from(size)
+        .map_err(|_| Status::invalid_argument(format!("vector size {size} is too large")))?;
     Ok(EdgeVectorParams {
         size,
-        distance: distance_from_pb(params.distance)?,
+        distance,
         on_disk: None,
         multivector_config: None,
         datatype: None,
@@ -70,24 +76,31 @@ fn vector_params(params: pb::VectorParams) -> Result<EdgeVectorParams, Status> {
 }
 
 /// What `GetCollectionInfo` reports. There is one local shard with no background
-/// optimisation, so the collection is always green once it exists.
-fn collection_info(shard: &EdgeShard) -> pb::CollectionInfo {
-    let info = shard.info();
-    let config = shard.config();
+/// optimisation, so the collection is always green once it exists. Every field a
+/// Qdrant server always sets is set, as clients in other languages require them.
+// `on_disk_payload` is deprecated in favour of `payload.memory`, but clients built
+// against older Qdrant versions still read it, and a real Qdrant still sends it.
+#[allow(deprecated)]
+fn collection_info(summary: CollectionSummary) -> pb::CollectionInfo {
     let params_of = |p: &EdgeVectorParams| pb::VectorParams {
         size: p.size as u64,
         distance: distance_to_pb(p.distance) as i32,
         ..Default::default()
     };
+    let config = &summary.config;
     let vectors_config = match config.vectors.get(DEFAULT_VECTOR_NAME) {
         Some(params) if config.vectors.len() == 1 => pb::vectors_config::Config::Params(params_of(params)),
         _ => pb::vectors_config::Config::ParamsMap(pb::VectorParamsMap {
             map: config.vectors.iter().map(|(name, params)| (name.clone(), params_of(params))).collect(),
         }),
     };
-    let payload_schema = info
+    let hnsw = summary.hnsw();
+    let optimizer = summary.optimizer();
+    let wal = summary.wal();
+    let payload_schema = summary
+        .info
         .payload_schema
-        .into_iter()
+        .iter()
         .map(|(key, index)| {
             let schema = pb::PayloadSchemaInfo {
                 data_type: field_type_to_pb(index.data_type) as i32,
@@ -100,28 +113,51 @@ fn collection_info(shard: &EdgeShard) -> pb::CollectionInfo {
     pb::CollectionInfo {
         status: pb::CollectionStatus::Green as i32,
         optimizer_status: Some(pb::OptimizerStatus { ok: true, error: String::new() }),
-        segments_count: info.segments_count as u64,
+        segments_count: summary.info.segments_count as u64,
         config: Some(pb::CollectionConfig {
             params: Some(pb::CollectionParams {
                 shard_number: 1,
+                on_disk_payload: config.on_disk_payload,
                 vectors_config: Some(pb::VectorsConfig { config: Some(vectors_config) }),
                 replication_factor: Some(1),
                 write_consistency_factor: Some(1),
                 ..Default::default()
             }),
             hnsw_config: Some(pb::HnswConfigDiff {
-                m: Some(config.hnsw_config.m as u64),
-                ef_construct: Some(config.hnsw_config.ef_construct as u64),
-                full_scan_threshold: Some(config.hnsw_config.full_scan_threshold as u64),
+                m: Some(hnsw.m as u64),
+                ef_construct: Some(hnsw.ef_construct as u64),
+                full_scan_threshold: Some(hnsw.full_scan_threshold as u64),
+                max_indexing_threads: Some(hnsw.max_indexing_threads as u64),
+                payload_m: hnsw.payload_m.map(|m| m as u64),
                 ..Default::default()
             }),
-            optimizer_config: Some(pb::OptimizersConfigDiff::default()),
-            wal_config: Some(pb::WalConfigDiff::default()),
+            optimizer_config: Some(pb::OptimizersConfigDiff {
+                deleted_threshold: Some(optimizer.deleted_threshold),
+                vacuum_min_vector_number: Some(optimizer.vacuum_min_vector_number),
+                default_segment_number: Some(optimizer.default_segment_number),
+                max_segment_size: optimizer.max_segment_size,
+                indexing_threshold: Some(optimizer.indexing_threshold),
+                flush_interval_sec: Some(optimizer.flush_interval_sec),
+                max_optimization_threads: Some(pb::MaxOptimizationThreads {
+                    variant: Some(pb::max_optimization_threads::Variant::Setting(
+                        pb::max_optimization_threads::Setting::Auto as i32,
+                    )),
+                }),
+                ..Default::default()
+            }),
+            wal_config: Some(pb::WalConfigDiff {
+                wal_capacity_mb: Some(wal.capacity_mb),
+                wal_segments_ahead: Some(wal.segments_ahead),
+                wal_retain_closed: Some(wal.retain_closed),
+            }),
+            strict_mode_config: Some(pb::StrictModeConfig { enabled: Some(false), ..Default::default() }),
             ..Default::default()
         }),
         payload_schema,
-        points_count: Some(info.points_count as u64),
-        indexed_vectors_count: Some(info.indexed_vectors_count as u64),
+        points_count: Some(summary.info.points_count as u64),
+        indexed_vectors_count: Some(summary.info.indexed_vectors_count as u64),
+        // Writes are applied before they are answered: nothing ever waits in a queue.
+        update_queue: Some(pb::UpdateQueueInfo { length: 0, deferred_points: None }),
         ..Default::default()
     }
 }
@@ -138,7 +174,8 @@ impl Collections for CollectionsService {
     ) -> Result<Response<pb::GetCollectionInfoResponse>, Status> {
         let started = Instant::now();
         let name = request.into_inner().collection_name;
-        let info = self.store.read(&name, |shard| Ok(collection_info(shard))).await?;
+        let summary = self.store.read(&name, |shard| Ok(CollectionSummary::of(shard))).await?;
+        let info = collection_info(summary);
         Ok(Response::new(pb::GetCollectionInfoResponse {
             result: Some(info),
             time: started.elapsed().as_secs_f64(),

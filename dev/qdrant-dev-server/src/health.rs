@@ -9,6 +9,11 @@ use tonic::{Request, Response, Status};
 /// warns when the minor versions differ by more than one.
 pub const QDRANT_API_VERSION: &str = "1.20.0";
 
+/// How the server names itself in health checks and at REST's `GET /`.
+pub fn title() -> String {
+    format!("qdrant-dev-server {} (qdrant-edge engine; dev/test only)", env!("CARGO_PKG_VERSION"))
+}
+
 /// Answers health checks; the server is healthy whenever it answers at all.
 pub struct HealthService;
 
@@ -19,10 +24,7 @@ impl Qdrant for HealthService {
         _request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckReply>, Status> {
         Ok(Response::new(HealthCheckReply {
-            title: format!(
-                "qdrant-dev-server {} (qdrant-edge engine; dev/test only)",
-                env!("CARGO_PKG_VERSION")
-            ),
+            title: title(),
             version: QDRANT_API_VERSION.to_owned(),
             commit: None,
         }))

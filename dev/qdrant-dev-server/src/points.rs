@@ -1,45 +1,35 @@
-//! `qdrant.Points`: write, read, search, query, count and scroll points.
-//!
-//! Every write is applied and flushed before it is acknowledged, so `wait=false` is
-//! treated like `wait=true`: the next read always sees it.
+//! `qdrant.Points`: write, read, search, query, count and scroll points, translated
+//! into the shared [`PointOps`] calls.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use qdrant_client::qdrant as pb;
 use qdrant_client::qdrant::points_server::Points;
-use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    CountRequest, CreateIndex, FieldIndexOperations, Filter, NamedQuery, OrderByInterface,
-    PayloadFieldSchema, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum,
-    QueryRequest, ScoringQuery, ScrollRequest, UpdateOperation, VectorInternal, WithPayloadInterface,
-    WithVector,
+    CountRequest, CreateIndex, FieldIndexOperations, OrderByInterface, PayloadFieldSchema,
+    PointInsertOperations, PointOperations, PointStructPersisted, ScoringQuery, ScrollRequest,
+    UpdateOperation,
 };
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
-    engine_error, field_type_from_pb, json_path, order_by_from_pb, payload_from_pb, point_id_from_pb,
-    point_id_to_pb, point_ids_from_pb, record_to_pb, scored_point_to_pb, unsupported, vectors_from_pb,
-    with_payload_from_pb, with_vectors_from_pb,
+    field_type_from_pb, json_path, order_by_from_pb, payload_from_pb, point_id_from_pb, point_id_to_pb,
+    point_ids_from_pb, record_to_pb, scored_point_to_pb, unsupported, vectors_from_pb, with_payload_from_pb,
+    with_vectors_from_pb,
 };
 use crate::filter::filter_from_pb;
-use crate::store::Store;
+use crate::point_ops::{limit_from, nearest, offset_from, PointOps, QueryParts};
 
-/// Page size when a scroll, search or query does not give one (Qdrant's default).
-const DEFAULT_LIMIT: usize = 10;
-
-/// Serves the point methods over a [`Store`].
+/// Serves the point methods over the shared [`PointOps`].
 pub struct PointsService {
-    store: Arc<Store>,
-    /// Qdrant numbers every write; clients may log the number but do not interpret it.
-    next_operation_id: AtomicU64,
+    ops: Arc<PointOps>,
 }
 
 impl PointsService {
-    /// A service over `store`.
-    pub fn new(store: Arc<Store>) -> Self {
-        Self { store, next_operation_id: AtomicU64::new(0) }
+    /// A service over `ops`.
+    pub fn new(ops: Arc<PointOps>) -> Self {
+        Self { ops }
     }
 
     /// Applies one update to a collection and reports it completed.
@@ -49,11 +39,7 @@ impl PointsService {
         operation: UpdateOperation,
         started: Instant,
     ) -> Result<Response<pb::PointsOperationResponse>, Status> {
-        let context = format!("update of collection `{collection}` failed");
-        self.store
-            .write(collection, move |shard| shard.update(operation).map_err(|err| engine_error(context, err)))
-            .await?;
-        let operation_id = self.next_operation_id.fetch_add(1, Ordering::Relaxed);
+        let operation_id = self.ops.update(collection, operation).await?;
         Ok(Response::new(pb::PointsOperationResponse {
             result: Some(pb::UpdateResult {
                 operation_id: Some(operation_id),
@@ -66,17 +52,8 @@ impl PointsService {
 
     /// Runs a search or query against a collection.
     async fn run_query(&self, collection: &str, parts: QueryParts) -> Result<Vec<pb::ScoredPoint>, Status> {
-        let (offset, limit) = (parts.offset, parts.limit);
-        let context = format!("query on collection `{collection}` failed");
-        let points = self
-            .store
-            .read(collection, move |shard| {
-                shard.query(parts.into()).map_err(|err| engine_error(context, err))
-            })
-            .await?;
-        // The shard returns the best `offset + limit` points and leaves cutting off the
-        // offset to Qdrant's collection layer, which is us.
-        Ok(points.into_iter().skip(offset).take(limit).map(scored_point_to_pb).collect())
+        let points = self.ops.query(collection, parts).await?;
+        Ok(points.into_iter().map(scored_point_to_pb).collect())
     }
 }
 
@@ -86,52 +63,6 @@ fn refuse_shard_keys(selector: &Option<pb::ShardKeySelector>) -> Result<(), Stat
         Some(_) => Err(unsupported("shard keys (there is a single local shard)")),
         None => Ok(()),
     }
-}
-
-fn limit_from(limit: Option<u64>) -> Result<usize, Status> {
-    match limit {
-        None => Ok(DEFAULT_LIMIT),
-        Some(0) => Err(Status::invalid_argument("limit must be at least 1")),
-        Some(limit) => usize::try_from(limit)
-            .map_err(|_| Status::invalid_argument(format!("limit {limit} is too large"))),
-    }
-}
-
-fn offset_from(offset: Option<u64>) -> Result<usize, Status> {
-    usize::try_from(offset.unwrap_or(0)).map_err(|_| Status::invalid_argument("offset is too large"))
-}
-
-/// The parts of a search or query the engine's query request needs.
-struct QueryParts {
-    query: Option<ScoringQuery>,
-    filter: Option<Filter>,
-    score_threshold: Option<f32>,
-    limit: usize,
-    offset: usize,
-    with_payload: WithPayloadInterface,
-    with_vector: WithVector,
-}
-
-impl From<QueryParts> for QueryRequest {
-    fn from(parts: QueryParts) -> Self {
-        QueryRequest {
-            prefetches: Vec::new(),
-            query: parts.query,
-            filter: parts.filter,
-            score_threshold: parts.score_threshold.map(OrderedFloat),
-            limit: parts.limit,
-            offset: parts.offset,
-            params: None,
-            with_vector: parts.with_vector,
-            with_payload: parts.with_payload,
-        }
-    }
-}
-
-/// A nearest-neighbour query on a dense vector (`using` names the vector, if not the
-/// unnamed one).
-fn nearest(vector: Vec<f32>, using: Option<String>) -> ScoringQuery {
-    ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery { query: VectorInternal::Dense(vector), using }))
 }
 
 /// The engine query for a `Query` request's `query` field; `None` means no scoring,
@@ -232,15 +163,7 @@ impl Points for PointsService {
         let ids = point_ids_from_pb(request.ids)?;
         let with_payload = with_payload_from_pb(request.with_payload, true)?;
         let with_vector = with_vectors_from_pb(request.with_vectors);
-        let context = format!("get from collection `{}` failed", request.collection_name);
-        let records = self
-            .store
-            .read(&request.collection_name, move |shard| {
-                shard
-                    .retrieve(&ids, Some(with_payload), Some(with_vector))
-                    .map_err(|err| engine_error(context, err))
-            })
-            .await?;
+        let records = self.ops.retrieve(&request.collection_name, ids, with_payload, with_vector).await?;
         Ok(Response::new(pb::GetResponse {
             result: records.into_iter().map(record_to_pb).collect(),
             time: started.elapsed().as_secs_f64(),
@@ -385,13 +308,7 @@ impl Points for PointsService {
             with_vector: with_vectors_from_pb(request.with_vectors),
             order_by: request.order_by.map(order_by_from_pb).transpose()?.map(OrderByInterface::Struct),
         };
-        let context = format!("scroll of collection `{}` failed", request.collection_name);
-        let (records, next) = self
-            .store
-            .read(&request.collection_name, move |shard| {
-                shard.scroll(scroll).map_err(|err| engine_error(context, err))
-            })
-            .await?;
+        let (records, next) = self.ops.scroll(&request.collection_name, scroll).await?;
         Ok(Response::new(pb::ScrollResponse {
             next_page_offset: next.map(point_id_to_pb),
             result: records.into_iter().map(record_to_pb).collect(),
@@ -444,13 +361,7 @@ impl Points for PointsService {
             // Qdrant's default; an estimate only saves time on large collections.
             exact: request.exact.unwrap_or(true),
         };
-        let context = format!("count of collection `{}` failed", request.collection_name);
-        let count = self
-            .store
-            .read(&request.collection_name, move |shard| {
-                shard.count(count).map_err(|err| engine_error(context, err))
-            })
-            .await?;
+        let count = self.ops.count(&request.collection_name, count).await?;
         Ok(Response::new(pb::CountResponse {
             result: Some(pb::CountResult { count: count as u64 }),
             time: started.elapsed().as_secs_f64(),

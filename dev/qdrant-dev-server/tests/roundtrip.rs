@@ -3,10 +3,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use qdrant_client::qdrant::{
@@ -20,78 +16,11 @@ use qdrant_client::{Qdrant, QdrantError};
 use serde_json::json;
 use uuid::Uuid;
 
+mod common;
+
+use common::{Server, STEP};
+
 const COLLECTION: &str = "memories";
-/// Upper bound for any single step, so a broken server fails the test instead of hanging it.
-const STEP: Duration = Duration::from_secs(30);
-
-/// A running server process; killed when dropped, so a failing test leaves nothing behind.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    /// Starts the binary on a free loopback port and waits for its startup line.
-    fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qdrant-dev-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start qdrant-dev-server");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading to the end so the server never blocks on a full pipe.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        // The server is built to print this before it accepts connections.
-        let mut server = Server { child, url: String::new() };
-        let line =
-            rx.recv_timeout(Duration::from_secs(60)).expect("server printed no startup line within 60 s");
-        let address = line
-            .strip_prefix("qdrant-dev-server listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected startup line: {line}"));
-        server.url = format!("http://{address}");
-        server
-    }
-
-    fn client(&self) -> Qdrant {
-        Qdrant::from_url(&self.url)
-            .timeout(STEP)
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("build client")
-    }
-
-    /// Asks the server to stop with SIGTERM and waits (bounded) for it to exit.
-    fn stop(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
-        assert!(sent.success(), "kill -TERM {pid} failed");
-        let deadline = Instant::now() + STEP;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for server") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit within {STEP:?} of SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Awaits one client call with a deadline and fails the test on error.
 async fn step<T>(what: &str, call: impl Future<Output = Result<T, QdrantError>>) -> T {
@@ -243,6 +172,20 @@ async fn memory_calls_round_trip_and_survive_restarts() {
     let info =
         step("collection info", client.collection_info(COLLECTION)).await.result.expect("collection info");
     assert_eq!(info.points_count, Some(5));
+    assert!(info.indexed_vectors_count.is_some() && info.segments_count > 0);
+    assert!(info.optimizer_status.as_ref().is_some_and(|s| s.ok));
+    // Clients in other languages reject an info without these (a real Qdrant always
+    // sets them).
+    let config = info.config.as_ref().expect("config");
+    let params = config.params.as_ref().expect("params");
+    assert!(params.vectors_config.is_some() && params.shard_number == 1);
+    let hnsw = config.hnsw_config.as_ref().expect("hnsw_config");
+    assert!(hnsw.m.is_some() && hnsw.ef_construct.is_some() && hnsw.full_scan_threshold.is_some());
+    let optimizer = config.optimizer_config.as_ref().expect("optimizer_config");
+    assert!(optimizer.deleted_threshold.is_some() && optimizer.vacuum_min_vector_number.is_some());
+    assert!(optimizer.default_segment_number.is_some() && optimizer.flush_interval_sec.is_some());
+    let wal = config.wal_config.as_ref().expect("wal_config");
+    assert!(wal.wal_capacity_mb.is_some() && wal.wal_segments_ahead.is_some());
     for (field, kind) in indexes {
         let schema = info
             .payload_schema
