@@ -16,6 +16,7 @@ cd "$REPO_ROOT"
 STACK_DIR="${STACK_DIR:-$REPO_ROOT/.stack}"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 QDRANT_PORT="${QDRANT_PORT:-6334}"
+QDRANT_REST_PORT="${QDRANT_REST_PORT:-6333}"
 LLM_PORT="${LLM_PORT:-8080}"
 GATEWAY_PORT="${GATEWAY_PORT:-8000}"
 GATEWAY_METRICS_PORT="${GATEWAY_METRICS_PORT:-9091}"
@@ -70,9 +71,12 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
 fi
 if [ -z "${QDRANT_URL:-}" ]; then
   use_env ci/deps/qdrant.sh ensure
-  start qdrant "$QDRANT_PORT" ci/deps/qdrant.sh run "$QDRANT_PORT" "$STACK_DIR/qdrant"
+  port_free "$QDRANT_REST_PORT" || die "port $QDRANT_REST_PORT (Qdrant REST) is already in use: set QDRANT_REST_PORT"
+  start qdrant "$QDRANT_PORT" ci/deps/qdrant.sh run "$QDRANT_PORT" "$STACK_DIR/qdrant" "$QDRANT_REST_PORT"
   wait_port "$QDRANT_PORT" 30
+  wait_port "$QDRANT_REST_PORT" 30
   export QDRANT_URL="http://127.0.0.1:$QDRANT_PORT"
+  qdrant_rest_url="http://127.0.0.1:$QDRANT_REST_PORT"
 fi
 # OPENAI_BASE_URL / OPENAI_MODEL / OPENAI_API_KEY are accepted as the LLM_* settings.
 if [ -z "${LLM_BASE_URL:-}" ] && [ -n "${OPENAI_BASE_URL:-}" ]; then
@@ -175,6 +179,11 @@ cat <<MSG
     gateway metrics       http://127.0.0.1:$GATEWAY_METRICS_PORT/metrics
     Kafka (tansu)         $KAFKA_BOOTSTRAP_SERVERS
     Qdrant (gRPC)         $QDRANT_URL
+MSG
+if [ -n "${qdrant_rest_url:-}" ]; then
+  echo "    Qdrant (REST)         $qdrant_rest_url/collections   (a user's stored turns: README, Troubleshooting)"
+fi
+cat <<MSG
     LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL
     local autoscaler      http://127.0.0.1:$AUTOSCALER_PORT/status   (stands in for KEDA; handlers start on lag)
 MSG

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The Qdrant engine for local runs and tests: dev/qdrant-dev-server, Qdrant's gRPC API
-# over the real qdrant-edge engine (set QDRANT_URL to use a real Qdrant instead).
+# and a REST API subset over the real qdrant-edge engine (set QDRANT_URL to use a real
+# Qdrant instead).
 #   ensure        build the server (cargo, in the cached target dir); print `export QDRANT_DEV_SERVER_BIN=...`
 #                 (CHATSTACK_PREBUILT=1 uses an already built one)
-#   run PORT DIR  serve gRPC on 127.0.0.1:PORT with data in DIR, in the foreground (stop: SIGTERM)
+#   run PORT DIR [REST_PORT]
+#                 serve gRPC on 127.0.0.1:PORT and REST on 127.0.0.1:REST_PORT (default: a free
+#                 port, shown in the startup line) with data in DIR, in the foreground (stop: SIGTERM)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
@@ -24,14 +27,15 @@ ensure() {
 }
 
 run() {
-  local port=${1:?usage: qdrant.sh run PORT DATA_DIR} dir=${2:?usage: qdrant.sh run PORT DATA_DIR}
+  local usage="usage: qdrant.sh run PORT DATA_DIR [REST_PORT]"
+  local port=${1:?$usage} dir=${2:?$usage} rest_port=${3:-0}
   [ -x "$QDRANT_DEV_SERVER_BIN" ] || die "qdrant-dev-server is not built: run '$0 ensure' first"
   mkdir -p "$dir"
-  exec "$QDRANT_DEV_SERVER_BIN" --listen "127.0.0.1:$port" --data-dir "$dir"
+  exec "$QDRANT_DEV_SERVER_BIN" --listen "127.0.0.1:$port" --rest-listen "127.0.0.1:$rest_port" --data-dir "$dir"
 }
 
 case "${1:-}" in
   ensure) ensure ;;
   run) shift; run "$@" ;;
-  *) die "usage: $0 {ensure|run PORT DATA_DIR}" ;;
+  *) die "usage: $0 {ensure|run PORT DATA_DIR [REST_PORT]}" ;;
 esac

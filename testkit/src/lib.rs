@@ -371,10 +371,12 @@ impl Broker {
     }
 }
 
-/// The Qdrant engine server (dev/qdrant-dev-server) on a free port.
+/// The Qdrant engine server (dev/qdrant-dev-server) on free ports: gRPC, and Qdrant's
+/// REST API.
 pub struct QdrantServer {
     process: Option<Process>,
     port: u16,
+    rest_port: u16,
     dir: TempDir,
 }
 
@@ -382,14 +384,21 @@ impl QdrantServer {
     /// Starts a server with an empty data directory.
     pub fn start() -> anyhow::Result<Self> {
         require_env(&["QDRANT_DEV_SERVER_BIN"])?;
-        let mut server = Self { process: None, port: free_port()?, dir: tempfile::tempdir()? };
+        let mut server =
+            Self { process: None, port: free_port()?, rest_port: free_port()?, dir: tempfile::tempdir()? };
         server.start_process()?;
         Ok(server)
     }
 
     fn start_process(&mut self) -> anyhow::Result<()> {
-        let process =
-            run_listening("qdrant-dev-server", "qdrant.sh", self.port, self.dir.path(), Signal::SIGTERM)?;
+        let data = self.dir.path().join("data").to_string_lossy().to_string();
+        let log = self.dir.path().join("qdrant-dev-server.log");
+        let args = ["run".into(), self.port.to_string(), data, self.rest_port.to_string()];
+        let mut process =
+            Process::spawn_script("qdrant-dev-server", "qdrant.sh", &args, log, Signal::SIGTERM)?;
+        // Both listeners open before the server accepts anything.
+        let (port, rest_port) = (self.port, self.rest_port);
+        process.wait_until(Duration::from_secs(30), || port_open(port) && port_open(rest_port))?;
         self.process = Some(process);
         Ok(())
     }
@@ -397,6 +406,11 @@ impl QdrantServer {
     /// The gRPC URL for `qdrant-client`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The base URL of Qdrant's REST API (`curl`, REST clients).
+    pub fn rest_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.rest_port)
     }
 
     /// The server's process id, while it runs.
