@@ -16,8 +16,9 @@ pub struct Telemetry {
 
 /// Installs the global `tracing` subscriber for `service`.
 ///
-/// `LOG_FORMAT` is `json` (default; one object per line with the current span's
-/// fields, so message_id / conversation_id / trace_id reach every line) or `text`.
+/// `LOG_FORMAT` is `json` (default; one object per line with the fields of every span
+/// in scope under `spans`, so message_id / conversation_id / trace_id reach every line)
+/// or `text`.
 /// `RUST_LOG` filters as usual and defaults to `info`; it filters exported spans too
 /// (ours are at `info`). The `OTEL_*` variables of [`OtelSettings`] turn trace export on.
 pub fn init(env: &Env, service: &'static str) -> Result<Telemetry, SettingsError> {
@@ -31,7 +32,9 @@ pub fn init(env: &Env, service: &'static str) -> Result<Telemetry, SettingsError
     let otel_settings = OtelSettings::from_env(env, service)?;
     let logs = fmt::layer().with_writer(std::io::stderr);
     let logs = if format == "json" {
-        logs.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed()
+        // Every span in scope, outermost first: the request's or record's span (with
+        // trace_id) is seldom the innermost one.
+        logs.json().flatten_event(true).with_current_span(false).with_span_list(true).boxed()
     } else {
         logs.compact().boxed()
     };

@@ -1,7 +1,7 @@
 //! Every answer names its trace, so a user's bug report leads to the logs of the
 //! request: the `x-trace-id` header on every route, `error.trace_id` in JSON error
-//! bodies, a caller's `traceparent` continued into the message's record, and the
-//! message's trace in an SSE `error` event.
+//! bodies, a caller's `traceparent` continued into the message's record and its log
+//! lines, and the message's trace in an SSE `error` event.
 
 use std::time::Duration;
 
@@ -89,6 +89,16 @@ async fn a_callers_trace_reaches_the_record_and_the_error_event_of_its_message()
     assert_eq!(record_trace.trace_id_hex(), CALLER_TRACE, "the message's record carries the trace on");
     let message: UserMessage =
         platform::events::decode(rdkafka::Message::payload(&records[0]).expect("payload")).expect("event");
+
+    // The JSON log line of the accepted message carries the trace, though it is
+    // written in a span nested under the request's.
+    let log = gateway.process.log();
+    let accepted_line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "message accepted")
+        .unwrap_or_else(|| panic!("no JSON line `message accepted`:\n{log}"));
+    assert!(accepted_line.to_string().contains(CALLER_TRACE), "{accepted_line}");
 
     // A handler's error event, written in the message's trace, shows it to the user.
     let mut stream = open_stream(&client, &gateway, &alice, &conversation_id, None).await;
