@@ -199,4 +199,5 @@ async fn one_message_is_one_trace_from_the_request_to_the_stream_and_memory() {
     for service in ["gateway", "responder", "memory"] {
         assert!(trace.spans.iter().any(|s| s.service == service), "{service} is in the trace:\n{show}");
     }
+    println!("the second message's trace, {} spans:\n{show}", trace.spans.len());
 }
