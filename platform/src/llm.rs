@@ -94,9 +94,34 @@ pub fn is_retryable(status: reqwest::StatusCode) -> bool {
     status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
 }
 
+/// The HTTP status an error body names, for servers whose error objects async-openai
+/// cannot read: llama.cpp's server (`{"error": {"code": 400, …}}`) and vLLM
+/// (`{"object": "error", "code": 400, …}`) give `code` as a number where OpenAI gives a
+/// string, so their 4xx answers arrive as a deserialisation error whose status would
+/// otherwise be lost (and a request the server refuses would be retried).
+pub fn status_in_error_body(body: &str) -> Option<reqwest::StatusCode> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let code = value.get("error").and_then(|e| e.get("code")).or_else(|| value.get("code"))?;
+    let code = u16::try_from(code.as_u64()?).ok()?;
+    reqwest::StatusCode::from_u16(code).ok().filter(|s| s.is_client_error() || s.is_server_error())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_status_of_llama_cpp_and_vllm_error_bodies() {
+        let llama = r#"{"error":{"code":400,"message":"request (3010 tokens) exceeds the available context size (2048 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":3010,"n_ctx":2048}}"#;
+        assert_eq!(status_in_error_body(llama), Some(reqwest::StatusCode::BAD_REQUEST));
+        let vllm = r#"{"object":"error","message":"maximum context length is 2048 tokens","type":"BadRequestError","param":null,"code":400}"#;
+        assert_eq!(status_in_error_body(vllm), Some(reqwest::StatusCode::BAD_REQUEST));
+        for other in
+            [r#"{"error":{"code":"invalid_api_key"}}"#, "not json", r#"{"code":200}"#, r#"{"choices":[]}"#]
+        {
+            assert_eq!(status_in_error_body(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn rate_limits_and_server_errors_are_retryable() {

@@ -16,7 +16,7 @@ use async_openai::{
 use futures::StreamExt;
 use platform::{
     events::{ModelResponse, ReplyBody, Usage, UserMessage},
-    llm::is_retryable,
+    llm::{is_retryable, status_in_error_body},
     otel,
 };
 use tracing::Instrument;
@@ -221,7 +221,33 @@ fn classify(err: OpenAIError) -> HandlerError {
         OpenAIError::ApiError(api) if !is_retryable(api.status_code) => {
             HandlerError::Invalid(anyhow::anyhow!("the LLM rejected the request: {err}"))
         }
+        OpenAIError::JSONDeserialize(_, body) => match status_in_error_body(body) {
+            Some(status) if !is_retryable(status) => {
+                HandlerError::Invalid(anyhow::anyhow!("the LLM rejected the request ({status}): {body}"))
+            }
+            _ => HandlerError::Transient(anyhow::anyhow!("LLM: {err}")),
+        },
         OpenAIError::InvalidArgument(_) => HandlerError::Invalid(anyhow::anyhow!("{err}")),
         _ => HandlerError::Transient(anyhow::anyhow!("LLM: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unreadable(body: &str) -> OpenAIError {
+        let err = serde_json::from_str::<u32>("not a number").expect_err("not JSON");
+        OpenAIError::JSONDeserialize(err, body.to_string())
+    }
+
+    #[test]
+    fn a_4xx_whose_error_body_async_openai_cannot_read_is_not_retried() {
+        // llama-server's answer to a prompt longer than its context.
+        let too_long = r#"{"error":{"code":400,"message":"request (3010 tokens) exceeds the available context size (2048 tokens), try increasing it","type":"exceed_context_size_error"}}"#;
+        assert!(matches!(classify(unreadable(too_long)), HandlerError::Invalid(_)));
+        let busy = r#"{"error":{"code":429,"message":"busy"}}"#;
+        assert!(matches!(classify(unreadable(busy)), HandlerError::Transient(_)));
+        assert!(matches!(classify(unreadable("<html>bad gateway</html>")), HandlerError::Transient(_)));
     }
 }
