@@ -10,6 +10,13 @@ use crate::store::Memory;
 pub const DEFAULT_SYSTEM_PROMPT: &str =
     "You are a helpful, concise assistant. Use what you remember about the user when it helps.";
 
+/// Longest text, in characters, that a recalled memory or an earlier turn brings into
+/// the prompt; longer ones are cut (with "…"). One long message must not fill the
+/// model's context in every later prompt of its user: a 13 kB message recalled as a
+/// "similar memory" made llama-server refuse every later prompt of the user (2048-token
+/// context). The new message itself is never cut: the LLM's answer to it is the user's.
+pub const MAX_RECALLED_CHARS: usize = 600;
+
 /// Who speaks in one message of the prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromptRole {
@@ -76,7 +83,7 @@ pub fn build(
                 Role::User => "The user said",
                 Role::Assistant => "You said",
             };
-            system.push_str(&format!("\n- {who}: {}", m.text));
+            system.push_str(&format!("\n- {who}: {}", shortened(&m.text)));
         }
     }
     let mut prompt = vec![PromptMessage { role: PromptRole::System, content: system }];
@@ -84,10 +91,18 @@ pub fn build(
         recent
             .iter()
             .filter(|m| m.message_id != message.message_id)
-            .map(|m| PromptMessage { role: m.role.into(), content: m.text.clone() }),
+            .map(|m| PromptMessage { role: m.role.into(), content: shortened(&m.text) }),
     );
     prompt.push(PromptMessage { role: PromptRole::User, content: message.text.clone() });
     prompt
+}
+
+/// `text`, cut to [`MAX_RECALLED_CHARS`] characters.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(MAX_RECALLED_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -117,6 +132,19 @@ mod tests {
         assert_eq!(roles, [PromptRole::System, PromptRole::User, PromptRole::Assistant, PromptRole::User]);
         assert_eq!(prompt[0].content, "Be brief.\n\nWhat you remember from earlier conversations with this user:\n- The user said: My cat is Tom");
         assert_eq!(prompt[3].content, "What is my cat called?");
+    }
+
+    #[test]
+    fn long_memories_are_cut_and_the_new_message_is_not() {
+        let long = "é".repeat(MAX_RECALLED_CHARS * 20);
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", long.clone());
+        let old = turn(Uuid::new_v4(), Uuid::new_v4(), "alice".into(), Role::User, long.clone(), 0);
+        let recent = turn(Uuid::new_v4(), msg.conversation_id, "alice".into(), Role::User, long.clone(), 1);
+        let prompt = build("Be brief.", &[old], &[recent], &msg);
+        let cut = format!("{}…", "é".repeat(MAX_RECALLED_CHARS));
+        assert!(prompt[0].content.ends_with(&format!("The user said: {cut}")), "{}", prompt[0].content.len());
+        assert_eq!(prompt[1].content, cut);
+        assert_eq!(prompt[2].content, long, "the message itself is whole");
     }
 
     #[test]
