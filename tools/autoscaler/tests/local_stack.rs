@@ -3,7 +3,8 @@
 //! message gets a streamed answer from the real model; `loadtest` drives the responders
 //! from zero to several replicas and back to zero with every accepted message
 //! answered; Prometheus scrapes every part of it, and every series the dashboard and the
-//! alert rules of k8s/components/monitoring name exists; Ctrl-C leaves nothing behind.
+//! alert rules of k8s/components/monitoring name exists; the README's walkthrough of a
+//! failing message holds step by step; Ctrl-C leaves nothing behind.
 
 use std::{
     path::PathBuf,
@@ -132,14 +133,138 @@ fn processes_with(marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// The README's walkthrough "Following one failing message", step by step: a text
+/// longer than the model's context (2048 tokens) is refused by the LLM with a 400; the
+/// user gets an `error` event naming the trace; the gateway's and the responder's log
+/// lines for it carry that trace id; the record is dead-lettered (Prometheus counts
+/// it); and Qdrant's REST API shows the user's turn stored all the same.
+async fn follow_a_failing_message(
+    client: &reqwest::Client,
+    base: &str,
+    stack_dir: &std::path::Path,
+    qdrant_rest: u16,
+    prom: &Prometheus,
+) {
+    let text = "Please summarise this. ".repeat(600);
+    let response = client
+        .post(format!("{base}/chat"))
+        .json(&serde_json::json!({"text": text}))
+        .send()
+        .await
+        .expect("POST /chat");
+    assert_eq!(response.status(), 202);
+    let header = response.headers().get("x-trace-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let accepted: serde_json::Value = response.json().await.expect("JSON");
+    let conversation = accepted["conversation_id"].as_str().expect("conversation_id").to_string();
+    let stream =
+        client.get(format!("{base}/stream?conversation_id={conversation}")).send().await.expect("stream");
+    let mut body = stream.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let error = loop {
+        if let Some(at) = text.find("event: error\n") {
+            if let Some(line) = text[at..].lines().find_map(|l| l.strip_prefix("data: ")) {
+                if text[at..].contains("\n\n") {
+                    break serde_json::from_str::<serde_json::Value>(line).expect("error data is JSON");
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            other => panic!("no error event ({other:?}); stream so far:\n{text}"),
+        }
+    };
+    drop(body);
+    assert_eq!(error["code"], "llm_rejected", "{error}");
+    let trace_id = error["trace_id"].as_str().expect("the error event names its trace").to_string();
+    assert_eq!(header.as_deref(), Some(trace_id.as_str()), "the 202's x-trace-id is the error's trace");
+    println!("walkthrough: the error event: {error}");
+
+    // `grep <trace id> .stack/logs/*.log`: the gateway accepted it, the responder gave up.
+    let logs = stack_dir.join("logs");
+    let lines_of = |prefix: &str| -> Vec<String> {
+        std::fs::read_dir(&logs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.contains(&trace_id))
+            .collect()
+    };
+    let gateway_lines = lines_of("gateway");
+    assert!(gateway_lines.iter().any(|l| l.contains("message accepted")), "gateway log: {gateway_lines:#?}");
+    let responder_lines = lines_of("responder");
+    assert!(
+        responder_lines.iter().any(|l| l.contains("record dead-lettered")),
+        "responder log lines with the trace id: {responder_lines:#?}"
+    );
+    println!(
+        "walkthrough: log lines with the trace id:\n{}\n{}",
+        gateway_lines.join("\n"),
+        responder_lines.join("\n")
+    );
+
+    // The dead letter, as Prometheus (and the dashboard) sees it.
+    let query = r#"sum(handler_records_total{handler="responder",outcome="dead_lettered"})"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted = prom.query(query).await;
+        if counted.first().and_then(|s| s["value"][1].as_str()).is_some_and(|v| v != "0") {
+            println!("walkthrough: {query} = {}", counted[0]["value"][1]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{query}: {counted:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The memory worker stored the user's turn: the README's scroll through Qdrant's REST API.
+    let scroll = serde_json::json!({
+        "filter": {"must": [
+            {"key": "user_id", "match": {"value": "anonymous"}},
+            {"key": "conversation_id", "match": {"value": conversation}},
+        ]},
+        "limit": 20,
+        "with_payload": true,
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found: serde_json::Value = client
+            .post(format!("http://127.0.0.1:{qdrant_rest}/collections/chat_memory/points/scroll"))
+            .json(&scroll)
+            .send()
+            .await
+            .expect("Qdrant REST")
+            .json()
+            .await
+            .unwrap_or_default();
+        let points = found["result"]["points"].as_array().cloned().unwrap_or_default();
+        if points
+            .iter()
+            .any(|p| p["payload"]["role"] == "user" && p["payload"]["message_id"] == accepted["message_id"])
+        {
+            println!("walkthrough: Qdrant's scroll: {found}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the user's turn is not in Qdrant: {found}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     let loadtest = workspace_binary("loadtest");
     let dir = tempfile::tempdir().expect("temp dir");
     let stack_dir = dir.path().join("stack");
-    let ports: Vec<u16> = (0..7).map(|_| free_port().expect("port")).collect();
+    let ports: Vec<u16> = (0..8).map(|_| free_port().expect("port")).collect();
     let (kafka, qdrant, llm, gateway, autoscaler) = (ports[0], ports[1], ports[2], ports[3], ports[4]);
-    let (gateway_metrics, prometheus) = (ports[5], ports[6]);
+    let (gateway_metrics, prometheus, qdrant_rest) = (ports[5], ports[6], ports[7]);
     let marker = format!("STACK_DIR={}", stack_dir.display());
     let mut command = Command::new("bash");
     command
@@ -148,6 +273,7 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
         .env("STACK_DIR", &stack_dir)
         .env("KAFKA_PORT", kafka.to_string())
         .env("QDRANT_PORT", qdrant.to_string())
+        .env("QDRANT_REST_PORT", qdrant_rest.to_string())
         .env("LLM_PORT", llm.to_string())
         .env("GATEWAY_PORT", gateway.to_string())
         .env("AUTOSCALER_PORT", autoscaler.to_string())
@@ -209,6 +335,8 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     }
     assert!(text.contains("event: token"), "streamed as tokens:\n{text}");
     drop(body);
+    let prom = Prometheus { client: client.clone(), base: format!("http://127.0.0.1:{prometheus}") };
+    follow_a_failing_message(&client, &base, &stack_dir, qdrant_rest, &prom).await;
 
     // Load: the responders go from zero to several replicas, then back to zero.
     let out = dir.path().join("load");
@@ -235,7 +363,6 @@ async fn the_local_stack_answers_scales_under_load_and_stops_cleanly() {
     let mut child =
         Process::spawn("loadtest", load, dir.path().join("loadtest.log"), Signal::SIGINT).expect("loadtest");
     let deadline = Instant::now() + Duration::from_secs(200);
-    let prom = Prometheus { client: client.clone(), base: format!("http://127.0.0.1:{prometheus}") };
     let mut every_job_up = None;
     let status = loop {
         peak = peak.max(responder_replicas(&client, autoscaler).await.unwrap_or(0));
