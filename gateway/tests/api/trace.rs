@@ -114,3 +114,48 @@ async fn a_callers_trace_reaches_the_record_and_the_error_event_of_its_message()
     let data: serde_json::Value = serde_json::from_str(&event.data).expect("JSON data");
     assert_eq!(data["trace_id"], CALLER_TRACE, "{data}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_is_down_fails_no_request_and_is_logged_once_and_counted() {
+    let kafka = Kafka::start(2).await;
+    // Nothing listens on this port: every export is refused.
+    let closed = testkit::free_port().expect("port");
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let gateway = Gateway::start(
+        &kafka,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+            ("RATE_LIMIT_PER_MINUTE", "0"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let alice = token("alice");
+    for i in 0..20 {
+        let started = std::time::Instant::now();
+        let response = client
+            .post(gateway.url("/chat"))
+            .bearer_auth(&alice)
+            .json(&json!({"text": format!("message {i}")}))
+            .send()
+            .await
+            .expect("POST /chat");
+        assert_eq!(response.status(), 202, "an export failure never fails a request");
+        assert!(started.elapsed() < Duration::from_secs(2), "nor waits for the collector");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics_url = gateway.metrics_url.clone();
+    let mut failures = 0.0;
+    for _ in 0..100 {
+        let text = client.get(&metrics_url).send().await.expect("metrics").text().await.expect("text");
+        failures = testkit::metric_total(&text, "otel_export_failures_total");
+        if failures >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failures >= 2.0, "failed exports are counted: {failures}");
+    let log = gateway.process.log();
+    let logged = log.lines().filter(|l| l.contains("trace export failed")).count();
+    assert_eq!(logged, 1, "the outage is logged once:\n{log}");
+}
