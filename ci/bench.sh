@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
-#   ci/bench.sh [gateway|handlers|pipeline|all]
+#   ci/bench.sh [gateway|handlers|pipeline|tracing|all]
 # Everything runs on tansu's SQLite engine (the stack's broker); gateway ingest and the
 # pipeline's latency run a second time on tansu's memory engine, a broker without
 # SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
@@ -42,8 +42,18 @@ pipeline() {
     TANSU_ENGINE=memory BENCH_ONLY=latency cargo bench --locked -p handlers --bench pipeline
   fi
 }
+# What exporting traces costs (issue 16): ingest and the reply path with export off, at
+# sampling 0.1 and at 1.0, on tansu's memory engine (the broker's own cost would
+# otherwise hide ours).
+tracing_cost() {
+  TANSU_ENGINE=memory BENCH_ONLY=tracing BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-64}" \
+    cargo bench --locked -p gateway --bench gateway
+  cargo build --locked --release -p gateway --bin gateway
+  TANSU_ENGINE=memory BENCH_ONLY=tracing cargo bench --locked -p handlers --bench pipeline
+}
 case "${1:-all}" in
   gateway) gateway ;;
+  tracing) tracing_cost ;;
   handlers) cargo bench --locked -p handlers --bench handlers ;;
   pipeline) pipeline ;;
   # One after another, not `a && b`: inside an && list bash ignores `set -e`, so a
@@ -53,5 +63,5 @@ case "${1:-all}" in
     cargo bench --locked -p handlers --bench handlers
     pipeline
     ;;
-  *) die "usage: $0 [gateway|handlers|pipeline|all]" ;;
+  *) die "usage: $0 [gateway|handlers|pipeline|tracing|all]" ;;
 esac

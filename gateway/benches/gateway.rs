@@ -12,7 +12,8 @@
 //! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
 //! Knobs: BENCH_CONCURRENCY (64,256: ingest runs at each), BENCH_SECS (10), BENCH_STREAMS (10000),
 //! KAFKA_LINGER_MS (the stack's default) for the gateway and the raw producer alike,
-//! BENCH_ONLY=ingest (only section 1) or delivery (only section 3);
+//! BENCH_ONLY=ingest (only section 1), delivery (only section 3) or tracing (ingest with
+//! trace export off, sampled at 0.1 and at 1.0; BENCH_ROUNDS rounds, 3);
 //! TANSU_ENGINE=memory (tansu's memory engine instead of SQLite, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
@@ -174,9 +175,16 @@ async fn main() {
     let token = token("bench");
     let only = std::env::var("BENCH_ONLY").ok().filter(|o| !o.is_empty());
     assert!(
-        matches!(only.as_deref(), None | Some("ingest" | "delivery")),
-        "BENCH_ONLY for the gateway benchmark is ingest or delivery, not {only:?}"
+        matches!(only.as_deref(), None | Some("ingest" | "delivery" | "tracing")),
+        "BENCH_ONLY for the gateway benchmark is ingest, delivery or tracing, not {only:?}"
     );
+    if only.as_deref() == Some("tracing") {
+        drop(gateway);
+        for &concurrency in &concurrencies {
+            tracing_cost(&kafka, &token, concurrency, secs).await;
+        }
+        return;
+    }
     if only.as_deref() != Some("delivery") {
         for &concurrency in &concurrencies {
             ingest(&kafka, &gateway, &client, &token, concurrency, secs).await;
@@ -277,6 +285,7 @@ async fn ingest(
 /// Section 1 again, driven by `wrk` when it is installed (`ci/bench.sh` installs it): a load
 /// generator written in C that leaves more of the two shared cores to the gateway than
 /// this process's HTTP client does, so the gateway's own ceiling shows.
+/// Returns the accepted messages per second and the gateway's CPU µs per message.
 fn ingest_with_wrk(
     gateway: &Gateway,
     broker: u32,
@@ -284,10 +293,10 @@ fn ingest_with_wrk(
     conversation: &str,
     concurrency: usize,
     secs: u64,
-) {
+) -> Option<(f64, f64)> {
     let Some(wrk) = testkit::which("wrk") else {
         println!("(wrk is not installed: no run driven by it)");
-        return;
+        return None;
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let script = dir.path().join("post.lua");
@@ -333,7 +342,63 @@ fn ingest_with_wrk(
         field("99%"),
         text.lines().find(|l| l.contains("Socket errors")).map_or("no socket errors", str::trim),
     );
-    after.print_since(&before, secs, (accepted * secs as f64) as usize);
+    let records = (accepted * secs as f64) as usize;
+    after.print_since(&before, secs, records);
+    Some((accepted, 1e6 * (after.gateway - before.gateway) / records.max(1) as f64))
+}
+
+/// Section 6 (`BENCH_ONLY=tracing`): what exporting traces costs ingest. Fresh gateways
+/// with trace export off, on with sampling 0.1 and on with 1.0, in turn for
+/// `BENCH_ROUNDS` rounds (3) so that drift hits all three alike, each driven by `wrk`;
+/// the spans go to an OTLP collector in this process (testkit's), as they would to a
+/// collector elsewhere. Prints each run, then the median of each setting.
+async fn tracing_cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64) {
+    let collector = testkit::otlp::Collector::start().expect("collector");
+    let endpoint = collector.endpoint();
+    let on = |ratio: &'static str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_string()),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
+        ]
+    };
+    let settings = [
+        ("tracing off", Vec::new()),
+        ("tracing on, sampling 0.1", on("0.1")),
+        ("tracing on, sampling 1.0", on("1.0")),
+    ];
+    let rounds = env_or("BENCH_ROUNDS", 3);
+    let mut figures: Vec<Vec<(f64, f64)>> = vec![Vec::new(); settings.len()];
+    let client = reqwest::Client::new();
+    for round in 1..=rounds {
+        for (i, (label, otel)) in settings.iter().enumerate() {
+            let otel: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let gateway = Gateway::start(kafka, &[STREAMING_GATEWAY, &otel].concat());
+            let (_, body) = post_chat(&client, &gateway, token, json!({"text": "warm-up"})).await;
+            let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
+            let spans_before = collector.spans().len();
+            println!("round {round}, {label}:");
+            let run = ingest_with_wrk(&gateway, kafka.broker.pid(), token, &conversation, concurrency, secs);
+            drop(gateway);
+            // The gateway flushes its queue at exit: what arrived is what was exported.
+            println!(
+                "{:<28} spans received by the collector: {}",
+                "",
+                collector.spans().len() - spans_before
+            );
+            figures[i].extend(run);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!("tracing cost at {concurrency} connections, median of {rounds} rounds:");
+    for ((label, _), runs) in settings.iter().zip(figures) {
+        let accepted = median(runs.iter().map(|r| r.0).collect());
+        let cpu = median(runs.iter().map(|r| r.1).collect());
+        println!("  {label:<26} {accepted:>9.0}/s accepted  gateway CPU {cpu:>6.1} µs per message");
+    }
 }
 
 /// Sections 3-4: idle fan-out and idle keep-alive connections, each on a fresh gateway.

@@ -21,8 +21,9 @@
 //! and `responder` binaries. Run: `ci/bench.sh pipeline` (it builds the gateway next to
 //! the responder, and runs the latency part again on tansu's memory engine). Knobs:
 //! BENCH_MESSAGES (200), BENCH_LLM_MESSAGES (30), BENCH_BACKLOG (1000), BENCH_ONLY
-//! (footprint, latency, throughput or llm: run just that part), TANSU_ENGINE (sqlite or
-//! memory, see ci/deps/tansu.sh).
+//! (footprint, latency, throughput or llm: run just that part; tracing: the reply path
+//! with trace export off, sampled at 0.1 and at 1.0, BENCH_ROUNDS rounds), TANSU_ENGINE
+//! (sqlite or memory, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -240,6 +241,41 @@ async fn run(
     first
 }
 
+/// `BENCH_ONLY=tracing`: the reply path (instant LLM, recent turns) with trace export
+/// off, on with sampling 0.1 and on with 1.0 in the gateway and the responder, in turn
+/// for `BENCH_ROUNDS` rounds (3); the spans go to an OTLP collector in this process.
+/// Prints each run, then each setting's percentiles over all its rounds.
+async fn tracing_cost(kafka: &Kafka, qdrant: &QdrantServer, llm: &str, n: usize) {
+    let collector = testkit::otlp::Collector::start().expect("collector");
+    let endpoint = collector.endpoint();
+    let on = |ratio: &'static str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio),
+            ("MEMORY_TOP_K", "0"),
+        ]
+    };
+    let settings = [
+        ("tracing off", vec![("MEMORY_TOP_K", "0")]),
+        ("tracing on, sampling 0.1", on("0.1")),
+        ("tracing on, sampling 1.0", on("1.0")),
+    ];
+    let mut first: Vec<Vec<Duration>> = vec![Vec::new(); settings.len()];
+    for round in 1..=env_or("BENCH_ROUNDS", 3) {
+        for (i, (label, env)) in settings.iter().enumerate() {
+            let spans_before = collector.spans().len();
+            first[i].extend(run(&format!("round {round}, {label}"), kafka, qdrant, llm, env, n).await);
+            println!("    spans received by the collector: {}", collector.spans().len() - spans_before);
+        }
+    }
+    println!("tracing cost on the reply path, all rounds:");
+    for ((label, _), mut samples) in settings.iter().zip(first) {
+        let (p50, p99, mean) = summary(&mut samples);
+        println!("  {label:<26} first token p50 {p50:>6.1} p99 {p99:>6.1} mean {mean:>6.1} ms");
+    }
+}
+
 /// Produce (`acks=all`) → received by a subscribed consumer, `n` times, one at a time,
 /// on `memory_events` (which nothing else writes in this benchmark).
 async fn kafka_hop(kafka: &Kafka, n: usize) {
@@ -418,6 +454,10 @@ async fn main() {
         )
         .await;
         run("instant LLM, full recall (embed + search)", &kafka, &qdrant, &instant, &[], n).await;
+    }
+    if only.as_deref() == Some("tracing") {
+        tracing_cost(&kafka, &qdrant, &instant, n).await;
+        return;
     }
     if wants("throughput") {
         for concurrency in [1, 8, 32] {
