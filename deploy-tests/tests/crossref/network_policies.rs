@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use crate::common::{
     all_objects, every_variant, k8s_variant, must, our_workloads, secret_template, variant_names,
-    variant_with_component, CONFIG_MAP, NAMESPACE, SECRET,
+    variant_with_component, Workload, CONFIG_MAP, NAMESPACE, SECRET,
 };
 
 /// An address outside the cluster, standing for a remote API or a managed broker.
@@ -164,6 +164,17 @@ fn destination(objects: &[Value], host: &str, port: u16) -> (Peer, u16) {
 }
 
 /// `host` and port of `http(s)://host[:port]/...` or `host:port`.
+/// The pod that workload `w` runs, as a NetworkPolicy sees it (namespace and labels).
+fn pod_of(objects: &[Value], w: &Workload) -> Peer {
+    let labels = objects
+        .iter()
+        .filter_map(pod_template)
+        .find(|t| t["spec"] == w.pod)
+        .and_then(|t| t["metadata"]["labels"].as_object().cloned())
+        .expect("pod labels");
+    Peer::Pod { namespace: NAMESPACE.to_string(), labels }
+}
+
 fn host_port(address: &str) -> (String, u16) {
     let (default, rest) = match address.split_once("://") {
         Some(("https", rest)) => (443, rest),
@@ -193,13 +204,7 @@ fn every_pod_reaches_each_dependency_it_is_configured_to_use_in_every_variant() 
         for w in our_workloads(&objects) {
             let root = tempfile::tempdir().expect("temp dir");
             let env = must(container_env(&w.pod, &w.container, &config_maps, &secrets, root.path(), &[]));
-            let labels = objects
-                .iter()
-                .filter_map(pod_template)
-                .find(|t| t["spec"] == w.pod)
-                .and_then(|t| t["metadata"]["labels"].as_object().cloned())
-                .expect("pod labels");
-            let src = Peer::Pod { namespace: NAMESPACE.to_string(), labels };
+            let src = pod_of(&objects, &w);
             let mut wanted: Vec<String> =
                 env["KAFKA_BOOTSTRAP_SERVERS"].split(',').map(|s| s.trim().to_string()).collect();
             if w.binary != "gateway" && w.container["args"][0] != "init" {
@@ -276,13 +281,7 @@ fn the_tracing_component_lets_every_service_reach_the_collector_it_names_and_not
             // The collector is a Service of another namespace: <service>.<namespace>.
             let (host, port) = host_port(endpoint);
             let namespace = host.split('.').nth(1).unwrap_or_else(|| panic!("{host}: no namespace"));
-            let labels = objects
-                .iter()
-                .filter_map(pod_template)
-                .find(|t| t["spec"] == w.pod)
-                .and_then(|t| t["metadata"]["labels"].as_object().cloned())
-                .expect("pod labels");
-            let src = Peer::Pod { namespace: NAMESPACE.to_string(), labels };
+            let src = pod_of(&objects, &w);
             let collector = Peer::Namespace(namespace.to_string());
             assert!(
                 eval.allows(&src, &collector, port, "TCP"),
