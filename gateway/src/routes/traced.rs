@@ -65,7 +65,7 @@ pub async fn trace(mut request: Request, next: Next) -> Response {
 fn server_span(request: &Request) -> tracing::Span {
     let method = request.method().as_str();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str());
-    let span = tracing::info_span!(
+    tracing::info_span!(
         "request",
         otel.name = %format!("{method} {}", route.unwrap_or("unmatched")),
         otel.kind = "server",
@@ -74,8 +74,7 @@ fn server_span(request: &Request) -> tracing::Span {
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
-    );
-    span
+    )
 }
 
 /// The error body `{"error": {…}}` with `trace_id` added to the error object.
