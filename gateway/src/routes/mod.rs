@@ -30,8 +30,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     ));
     Router::new()
         .merge(bounded)
-        .route("/", get(page::index))
-        .route("/openapi.json", get(page::openapi))
+        .merge(page::routes())
         .route("/stream", get(stream::get_stream))
         // Not time-limited like /chat: a non-streaming answer waits for the whole reply
         // (bounded by the façade's own reply timeout).

@@ -1,7 +1,18 @@
 //! `GET /`: the chat page, and `GET /openapi.json`: the API's description; both static
 //! files compiled into the binary (no build step).
 
-use axum::response::{Html, IntoResponse};
+use axum::{
+    response::{Html, IntoResponse},
+    routing::get,
+    Router,
+};
+
+use crate::state::AppState;
+
+/// The page's routes (`/`, `/openapi.json`).
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/", get(index)).route("/openapi.json", get(openapi))
+}
 
 /// The page's HTML, JavaScript and CSS.
 const INDEX: &str = include_str!("../page/index.html");
