@@ -147,6 +147,11 @@ pub struct ModelResponse {
     pub user_id: String,
     /// When this event was produced.
     pub ts: DateTime<Utc>,
+    /// When the user message it answers was accepted (its `ts`): a deletion of the
+    /// conversation covers the reply by this time, even when the reply finished after
+    /// the deletion. Absent from events of older producers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_ts: Option<DateTime<Utc>>,
     /// A fresh id per processing attempt: a redelivered message answered again gets a
     /// new one, so readers never mix two attempts' tokens.
     pub attempt: Uuid,
@@ -164,6 +169,7 @@ impl ModelResponse {
             conversation_id: msg.conversation_id,
             user_id: msg.user_id.clone(),
             ts: Utc::now(),
+            message_ts: Some(msg.ts),
             attempt,
             body,
         }
