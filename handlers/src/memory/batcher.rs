@@ -8,7 +8,7 @@ use tracing::{Instrument, Span};
 
 use crate::{
     embed::{EmbedError, Embedder},
-    store::{Memory, MemoryStore, StoreError},
+    store::{Dropped, Memory, MemoryStore, StoreError},
 };
 
 /// Why a memory was not stored.
@@ -26,7 +26,7 @@ pub enum StoreFailure {
 }
 
 /// A memory to store, the span of the record it came from, and where to answer.
-type Request = (Memory, Span, oneshot::Sender<Result<(), StoreFailure>>);
+type Request = (Memory, Span, oneshot::Sender<Result<bool, StoreFailure>>);
 
 /// Handle to the batching task.
 #[derive(Clone)]
@@ -42,8 +42,9 @@ impl Batcher {
         Self { tx }
     }
 
-    /// Embeds and stores one memory; resolves once it is in Qdrant.
-    pub async fn store(&self, memory: Memory) -> Result<(), StoreFailure> {
+    /// Embeds and stores one memory; resolves once it is in Qdrant (`true`), or once it
+    /// was dropped because its conversation was deleted (`false`).
+    pub async fn store(&self, memory: Memory) -> Result<bool, StoreFailure> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((memory, Span::current(), reply))
@@ -66,12 +67,13 @@ async fn run(embedder: Embedder, store: MemoryStore, batch_size: usize, mut rx: 
                     let alone = otel::span_under(&record, "store", otel::Kind::Internal);
                     let stored =
                         store_batch(&embedder, &store, std::slice::from_ref(&memory)).instrument(alone).await;
-                    let _ = reply.send(stored);
+                    let _ = reply.send(stored.map(|dropped| !dropped.point_ids.contains(&memory.point_id)));
                 }
             }
             result => {
-                for (_, _, reply) in batch.drain(..) {
-                    let _ = reply.send(result.clone());
+                for (memory, _, reply) in batch.drain(..) {
+                    let stored = result.as_ref().map(|dropped| !dropped.point_ids.contains(&memory.point_id));
+                    let _ = reply.send(stored.map_err(Clone::clone));
                 }
             }
         }
@@ -90,7 +92,7 @@ fn batch_span(batch: &[Request]) -> Span {
     span
 }
 
-async fn store_batch(embedder: &Embedder, store: &MemoryStore, batch: &[Memory]) -> Result<(), StoreFailure> {
+async fn store_batch(embedder: &Embedder, store: &MemoryStore, batch: &[Memory]) -> Result<Dropped, StoreFailure> {
     let texts = batch.iter().map(|m| m.text.clone()).collect();
     let started = std::time::Instant::now();
     let vectors = embedder.embed(texts).await.map_err(|e| match e {
@@ -100,10 +102,10 @@ async fn store_batch(embedder: &Embedder, store: &MemoryStore, batch: &[Memory])
     metrics::histogram!("memory_embed_seconds").record(started.elapsed().as_secs_f64());
     let points: Vec<_> = batch.iter().cloned().zip(vectors).collect();
     let started = std::time::Instant::now();
-    store.upsert(&points).await.map_err(|e| match e {
+    let dropped = store.upsert(&points).await.map_err(|e| match e {
         StoreError::Unavailable(_) => StoreFailure::Unavailable(e.to_string()),
         StoreError::Rejected(_) => StoreFailure::Rejected(e.to_string()),
     })?;
     metrics::histogram!("memory_upsert_seconds").record(started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(dropped)
 }

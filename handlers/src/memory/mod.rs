@@ -87,14 +87,19 @@ impl Handler for MemoryWorker {
             let reply: ModelResponse = decode(payload)?;
             return Ok(match reply.body {
                 // Only a finished reply is a memory; tokens and errors are not.
-                ReplyBody::Done { text, .. } => Some(turn(
-                    reply.message_id,
-                    reply.conversation_id,
-                    reply.user_id,
-                    Role::Assistant,
-                    text,
-                    reply.ts.timestamp_millis(),
-                )),
+                ReplyBody::Done { text, .. } => Some(Memory {
+                    // Deletions compare the question's time: a reply finishing after its
+                    // conversation was deleted goes with it.
+                    message_ts_ms: reply.message_ts.unwrap_or(reply.ts).timestamp_millis(),
+                    ..turn(
+                        reply.message_id,
+                        reply.conversation_id,
+                        reply.user_id,
+                        Role::Assistant,
+                        text,
+                        reply.ts.timestamp_millis(),
+                    )
+                }),
                 _ => None,
             });
         }
@@ -114,11 +119,16 @@ impl Handler for MemoryWorker {
     }
 
     async fn handle(&self, memory: &Memory, ctx: &Context<'_>) -> Result<(), HandlerError> {
-        self.batcher.store(memory.clone()).await.map_err(|failure| match failure {
+        let stored = self.batcher.store(memory.clone()).await.map_err(|failure| match failure {
             StoreFailure::Unavailable(e) => HandlerError::Unavailable(anyhow::anyhow!(e)),
             StoreFailure::Failed(e) => HandlerError::Transient(anyhow::anyhow!(e)),
             StoreFailure::Rejected(e) => HandlerError::Invalid(anyhow::anyhow!(e)),
         })?;
+        if !stored {
+            // Its conversation (or its user's memory) was deleted: nothing to announce.
+            tracing::info!(point_id = %memory.point_id, "turn of a deleted conversation dropped");
+            return Ok(());
+        }
         ctx.publish(&MemoryEvent {
             v: SCHEMA_VERSION,
             message_id: memory.message_id,
@@ -164,6 +174,7 @@ pub fn turn(
         role,
         text,
         ts_ms,
+        message_ts_ms: ts_ms,
         message_id,
     }
 }

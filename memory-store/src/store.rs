@@ -2,7 +2,9 @@
 //! embedder) with payload `{conversation_id, user_id, role, text, ts, message_id}` and
 //! payload indexes on conversation_id, user_id and ts.
 //!
-//! Every read is filtered by `user_id`: memory never crosses users.
+//! Every read is filtered by `user_id`: memory never crosses users. Writes and reads
+//! go through the deletions' tombstones ([`crate::deletions`]), so a deleted turn is
+//! neither stored again nor shown.
 
 use std::{
     future::Future,
@@ -14,6 +16,7 @@ use std::{
 };
 
 use anyhow::Context;
+use chrono::Utc;
 use platform::{
     events::Role,
     otel,
@@ -21,9 +24,10 @@ use platform::{
 };
 use qdrant_client::{
     qdrant::{
-        Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, Direction, Distance,
-        FieldType, Filter, OrderByBuilder, PointStruct, QueryPointsBuilder, RetrievedPoint, ScoredPoint,
-        ScrollPointsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder,
+        Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
+        Direction, Distance, FieldType, Filter, OrderByBuilder, PayloadIncludeSelector, PointId,
+        PointStruct, PointsIdsList, QueryPointsBuilder, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
+        UpsertPointsBuilder, Value, VectorParamsBuilder,
     },
     Payload, Qdrant,
 };
@@ -31,6 +35,11 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 use uuid::Uuid;
+
+use crate::deletions::{Deletion, Deletions};
+
+/// Points read per scroll page when a whole conversation (or a user's turns) is read.
+const SCROLL_PAGE: u32 = 1024;
 
 /// Where the store lives.
 #[derive(Clone)]
@@ -87,6 +96,10 @@ pub struct Memory {
     pub text: String,
     /// When, in milliseconds since the epoch.
     pub ts_ms: i64,
+    /// When the user message this turn belongs to was accepted (ms): `ts_ms` for a user
+    /// turn, the question's time for a reply. Deletions compare this (a reply finishing
+    /// after its conversation was deleted is deleted with it).
+    pub message_ts_ms: i64,
     /// The user message it belongs to.
     pub message_id: Uuid,
 }
@@ -130,6 +143,14 @@ pub struct MemoryStore {
     ready: Arc<OnceCell<()>>,
     /// Set once the collection was seen, so reads stop asking.
     exists: Arc<AtomicBool>,
+    deletions: Arc<Deletions>,
+}
+
+/// Turns not stored because a deletion covers them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    /// Their point ids.
+    pub point_ids: Vec<Uuid>,
 }
 
 impl MemoryStore {
@@ -139,9 +160,10 @@ impl MemoryStore {
         if let Some(key) = &settings.api_key {
             builder = builder.api_key(key.expose_secret().to_string());
         }
-        let client = builder.build().context("building the Qdrant client")?;
+        let client = Arc::new(builder.build().context("building the Qdrant client")?);
         Ok(Self {
-            client: Arc::new(client),
+            deletions: Arc::new(Deletions::new(client.clone(), &settings.collection)),
+            client,
             collection: settings.collection.clone(),
             ready: Arc::default(),
             exists: Arc::default(),
@@ -226,14 +248,29 @@ impl MemoryStore {
         }
     }
 
-    /// Stores memories with their vectors (overwriting points with the same id).
-    pub async fn upsert(&self, memories: &[(Memory, Vec<f32>)]) -> Result<(), StoreError> {
+    /// Stores memories with their vectors (overwriting points with the same id), except
+    /// those a deletion covers, which are returned.
+    ///
+    /// Tombstones are read before the upsert (covered turns are not written, and deleted
+    /// in case an earlier attempt wrote them) and again after it: a deletion recorded in
+    /// between may have run its delete-by-filter before this upsert landed, so what it
+    /// covers is deleted here. Either that second read sees the tombstone, or the
+    /// tombstone was written after this upsert finished and its delete-by-filter, which
+    /// follows the tombstone, removes the points; no order leaves them stored.
+    pub async fn upsert(&self, memories: &[(Memory, Vec<f32>)]) -> Result<Dropped, StoreError> {
         if memories.is_empty() {
-            return Ok(());
+            return Ok(Dropped::default());
         }
         let dimension = memories[0].1.len() as u64;
         self.ensure_collection(dimension).await?;
-        let points = memories
+        let before = self.deletions.covering(memories.iter().map(|(m, _)| m)).await?;
+        let (covered, kept): (Vec<_>, Vec<_>) = memories.iter().partition(|(m, _)| before.covers(m));
+        let mut dropped: Vec<Uuid> = covered.iter().map(|(m, _)| m.point_id).collect();
+        self.delete_points(&dropped).await?;
+        if kept.is_empty() {
+            return Ok(Dropped { point_ids: dropped });
+        }
+        let points = kept
             .iter()
             .map(|(m, vector)| {
                 let payload = Payload::try_from(serde_json::json!({
@@ -242,6 +279,7 @@ impl MemoryStore {
                     "role": m.role.as_str(),
                     "text": m.text,
                     "ts": m.ts_ms,
+                    "message_ts": m.message_ts_ms,
                     "message_id": m.message_id.to_string(),
                 }))
                 .context("payload")?;
@@ -250,7 +288,138 @@ impl MemoryStore {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let upsert = self.client.upsert_points(UpsertPointsBuilder::new(&self.collection, points).wait(true));
         self.traced("upsert", upsert).await.context("upsert_points")?;
+        let after = self.deletions.covering(kept.iter().map(|(m, _)| m)).await?;
+        if !after.is_empty() {
+            let late: Vec<Uuid> = kept.iter().filter(|(m, _)| after.covers(m)).map(|(m, _)| m.point_id).collect();
+            self.delete_points(&late).await?;
+            dropped.extend(late);
+        }
+        Ok(Dropped { point_ids: dropped })
+    }
+
+    /// Deletes points by id (waiting until applied).
+    async fn delete_points(&self, ids: &[Uuid]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::from(id.to_string())).collect();
+        let delete = self.client.delete_points(
+            DeletePointsBuilder::new(&self.collection).points(PointsIdsList { ids }).wait(true),
+        );
+        self.traced("delete", delete).await.context("delete_points")?;
         Ok(())
+    }
+
+    /// Deletes a user's conversation, or everything of the user (`None`), for good: the
+    /// tombstone first (so turns still in flight are dropped when they arrive), then
+    /// every stored turn it covers. Idempotent.
+    pub async fn forget(&self, user_id: &str, conversation_id: Option<Uuid>) -> Result<Deletion, StoreError> {
+        let deletion = self.deletions.record(user_id, conversation_id, Utc::now().timestamp_millis()).await?;
+        if !self.exists().await? {
+            // Nothing stored yet; a worker creating the collection now sees the tombstone.
+            return Ok(deletion);
+        }
+        let mut conditions = vec![Condition::matches("user_id", user_id.to_string())];
+        if let Some(conversation_id) = conversation_id {
+            conditions.push(Condition::matches("conversation_id", conversation_id.to_string()));
+        }
+        let delete = self
+            .client
+            .delete_points(DeletePointsBuilder::new(&self.collection).points(Filter::must(conditions)).wait(true));
+        self.traced("delete", delete).await.context("delete by filter")?;
+        Ok(deletion)
+    }
+
+    /// Every turn of a user's conversation, in order (time, the question before its
+    /// reply). Reads the whole conversation: fine for conversations of thousands of
+    /// turns (see docs/ARCHITECTURE.md, "History and deletion").
+    pub async fn conversation(&self, user_id: &str, conversation_id: Uuid) -> Result<Vec<Memory>, StoreError> {
+        let filter = Filter::must([
+            Condition::matches("user_id", user_id.to_string()),
+            Condition::matches("conversation_id", conversation_id.to_string()),
+        ]);
+        let mut turns = self.scroll_all(filter, None).await?;
+        turns.sort_by(|a, b| (a.ts_ms, a.role != Role::User, a.point_id).cmp(&(b.ts_ms, b.role != Role::User, b.point_id)));
+        Ok(turns)
+    }
+
+    /// Every turn of a user without its text (for listing conversations).
+    pub async fn user_turns(&self, user_id: &str) -> Result<Vec<Memory>, StoreError> {
+        let filter = Filter::must([Condition::matches("user_id", user_id.to_string())]);
+        let fields = ["conversation_id", "user_id", "role", "ts", "message_ts", "message_id"];
+        self.scroll_all(filter, Some(fields.iter().map(|f| f.to_string()).collect())).await
+    }
+
+    /// Some of a user's turns by point id, with their text (missing ones are left out).
+    pub async fn turns_by_id(&self, user_id: &str, ids: &[Uuid]) -> Result<Vec<Memory>, StoreError> {
+        if ids.is_empty() || !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<PointId> = ids.iter().map(|id| PointId::from(id.to_string())).collect();
+        let get = self.client.get_points(
+            qdrant_client::qdrant::GetPointsBuilder::new(&self.collection, ids).with_payload(true),
+        );
+        let response = self.traced("get", get).await.context("get_points")?;
+        let turns: Vec<Memory> =
+            response.result.iter().filter_map(from_retrieved).filter(|m| m.user_id == user_id).collect();
+        self.without_deleted(turns).await
+    }
+
+    /// A user's latest `limit` turns, newest first.
+    pub async fn latest(&self, user_id: &str, limit: u32) -> Result<Vec<Memory>, StoreError> {
+        if limit == 0 || !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let scroll = self.client.scroll(
+            ScrollPointsBuilder::new(&self.collection)
+                .filter(Filter::must([Condition::matches("user_id", user_id.to_string())]))
+                .order_by(OrderByBuilder::new("ts").direction(Direction::Desc as i32))
+                .limit(limit)
+                .with_payload(true),
+        );
+        let response = self.traced("scroll", scroll).await.context("scroll")?;
+        let mut turns: Vec<Memory> = response.result.iter().filter_map(from_retrieved).collect();
+        turns.sort_by_key(|m| std::cmp::Reverse(m.ts_ms));
+        self.without_deleted(turns).await
+    }
+
+    /// Every point matching `filter` (page by page), without deleted ones.
+    async fn scroll_all(&self, filter: Filter, fields: Option<Vec<String>>) -> Result<Vec<Memory>, StoreError> {
+        if !self.exists().await? {
+            return Ok(Vec::new());
+        }
+        let mut turns = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut request = ScrollPointsBuilder::new(&self.collection).filter(filter.clone()).limit(SCROLL_PAGE);
+            request = match &fields {
+                Some(fields) => request.with_payload(PayloadIncludeSelector { fields: fields.clone() }),
+                None => request.with_payload(true),
+            };
+            if let Some(offset) = offset.take() {
+                request = request.offset(offset);
+            }
+            let response = self.traced("scroll", self.client.scroll(request)).await.context("scroll")?;
+            turns.extend(response.result.iter().filter_map(from_retrieved));
+            match response.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => break,
+            }
+        }
+        self.without_deleted(turns).await
+    }
+
+    /// Leaves out turns a deletion covers (a worker's upsert racing a deletion is
+    /// visible until the worker deletes it again; reads never show it).
+    async fn without_deleted(&self, turns: Vec<Memory>) -> Result<Vec<Memory>, StoreError> {
+        if turns.is_empty() {
+            return Ok(turns);
+        }
+        let tombstones = self.deletions.covering(&turns).await?;
+        if tombstones.is_empty() {
+            return Ok(turns);
+        }
+        Ok(turns.into_iter().filter(|m| !tombstones.covers(m)).collect())
     }
 
     /// The latest `limit` turns of a conversation (only the user's own), oldest first.
@@ -277,7 +446,7 @@ impl MemoryStore {
         let response = self.traced("scroll", scroll).await.context("scroll")?;
         let mut turns: Vec<Memory> = response.result.iter().filter_map(from_retrieved).collect();
         turns.sort_by_key(|m| m.ts_ms);
-        Ok(turns)
+        self.without_deleted(turns).await
     }
 
     /// The user's `k` memories most similar to `vector`, from any of their conversations.
@@ -298,7 +467,10 @@ impl MemoryStore {
                 .with_payload(true),
         );
         let response = self.traced("query", query).await.context("query")?;
-        Ok(response.result.iter().filter_map(|p| from_scored(p).map(|m| (m, p.score))).collect())
+        let found: Vec<(Memory, f32)> =
+            response.result.iter().filter_map(|p| from_scored(p).map(|m| (m, p.score))).collect();
+        let tombstones = self.deletions.covering(found.iter().map(|(m, _)| m)).await?;
+        Ok(found.into_iter().filter(|(m, _)| !tombstones.covers(m)).collect())
     }
 
     /// Runs one Qdrant call inside its client span (database conventions) when traces
@@ -340,35 +512,51 @@ fn from_scored(p: &ScoredPoint) -> Option<Memory> {
     memory(p.id.as_ref(), &p.payload)
 }
 
-fn memory(
-    id: Option<&qdrant_client::qdrant::PointId>,
-    payload: &std::collections::HashMap<String, Value>,
-) -> Option<Memory> {
+/// A point's UUID id (numeric ids are not ours).
+pub(crate) fn point_uuid(id: Option<&PointId>) -> Option<Uuid> {
     use qdrant_client::qdrant::point_id::PointIdOptions;
-    let point_id = match id?.point_id_options.as_ref()? {
-        PointIdOptions::Uuid(s) => s.parse().ok()?,
-        PointIdOptions::Num(_) => return None,
-    };
+    match id?.point_id_options.as_ref()? {
+        PointIdOptions::Uuid(s) => s.parse().ok(),
+        PointIdOptions::Num(_) => None,
+    }
+}
+
+/// A string field of a payload.
+pub(crate) fn payload_text(payload: &std::collections::HashMap<String, Value>, key: &str) -> Option<String> {
     use qdrant_client::qdrant::value::Kind;
-    let text = |k: &str| match payload.get(k)?.kind.as_ref()? {
+    match payload.get(key)?.kind.as_ref()? {
         Kind::StringValue(s) => Some(s.clone()),
         _ => None,
-    };
+    }
+}
+
+/// An integer field of a payload.
+pub(crate) fn payload_int(payload: &std::collections::HashMap<String, Value>, key: &str) -> Option<i64> {
+    use qdrant_client::qdrant::value::Kind;
+    match payload.get(key)?.kind.as_ref()? {
+        Kind::IntegerValue(i) => Some(*i),
+        _ => None,
+    }
+}
+
+fn memory(id: Option<&PointId>, payload: &std::collections::HashMap<String, Value>) -> Option<Memory> {
+    let text = |k: &str| payload_text(payload, k);
     let role = match text("role")?.as_str() {
         "user" => Role::User,
         "assistant" => Role::Assistant,
         _ => return None,
     };
+    let ts_ms = payload_int(payload, "ts")?;
     Some(Memory {
-        point_id,
+        point_id: point_uuid(id)?,
         conversation_id: text("conversation_id")?.parse().ok()?,
         user_id: text("user_id")?,
         role,
-        text: text("text")?,
-        ts_ms: match payload.get("ts")?.kind.as_ref()? {
-            Kind::IntegerValue(i) => *i,
-            _ => return None,
-        },
+        // Left out when a read asked for the other fields only.
+        text: text("text").unwrap_or_default(),
+        ts_ms,
+        // Turns stored before deletions existed carry only `ts`.
+        message_ts_ms: payload_int(payload, "message_ts").unwrap_or(ts_ms),
         message_id: text("message_id")?.parse().ok()?,
     })
 }
