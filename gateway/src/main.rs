@@ -71,7 +71,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
     // Held to the end of main: dropping it flushes the spans still queued.
-    let _telemetry = match telemetry::init(&env, "gateway") {
+    let _telemetry = match telemetry::init(&env, "gateway", telemetry::Spans::Direct) {
         Ok(telemetry) => telemetry,
         Err(err) => return exit_code("gateway", Err(anyhow::Error::new(err).context("configuration error"))),
     };

@@ -79,12 +79,13 @@ pub async fn run(state: AppState, lookback: Duration, mut shutdown: watch::Recei
                 match record.payload().map(decode::<ModelResponse>) {
                     Some(Ok(response)) => {
                         metrics::counter!("gateway_relay_events_total").increment(1);
-                        let span = relay_span(&record, &response.body);
+                        // Ends (is exported) once the event is handed on.
+                        let _span = relay_span(&record, &response.body);
                         // Only an error shows its trace: the others skip the header lookup.
                         let trace_id = matches!(response.body, ReplyBody::Error { .. })
                             .then(|| TraceParent::from_headers(record.headers()).map(|t| t.trace_id))
                             .flatten();
-                        span.in_scope(|| state.hub.publish_traced(id, response, trace_id));
+                        state.hub.publish_traced(id, response, trace_id);
                     }
                     // The handlers dead-letter bad records; the relay only skips them.
                     Some(Err(err)) => {
@@ -112,25 +113,25 @@ pub async fn run(state: AppState, lookback: Duration, mut shutdown: watch::Recei
     }
 }
 
-/// When traces are exported, the span of handing the first token or the `done` of a
-/// reply to its streams (a child of the responder's write); `Span::none()` otherwise,
-/// and for the tokens in between, which would only add volume.
-fn relay_span(record: &BorrowedMessage<'_>, body: &ReplyBody) -> tracing::Span {
+/// When traces are exported, the span of handing the first token, the `done` or the
+/// `error` of a reply to its streams (a child of the responder's write); none for the
+/// tokens in between, which would only add volume.
+fn relay_span(record: &BorrowedMessage<'_>, body: &ReplyBody) -> Option<otel::Direct> {
     if !otel::exporting() {
-        return tracing::Span::none();
+        return None;
     }
     let event = match body {
         ReplyBody::Token { seq: 0, .. } => "first_token",
         ReplyBody::Done { .. } => "done",
         ReplyBody::Error { .. } => "error",
-        _ => return tracing::Span::none(),
+        _ => return None,
     };
-    let span = otel::span("relay model_responses", otel::Kind::Consumer);
-    otel::start(&span, TraceParent::from_headers(record.headers()));
-    otel::set(&span, "messaging.system", "kafka");
-    otel::set(&span, "messaging.destination.name", topics::MODEL_RESPONSES);
-    otel::set(&span, "chat.reply.event", event);
-    span
+    let writer = TraceParent::from_headers(record.headers())?;
+    let mut span = otel::Direct::child_of(&writer, "relay model_responses", otel::Kind::Consumer);
+    span.set("messaging.system", "kafka");
+    span.set("messaging.destination.name", topics::MODEL_RESPONSES);
+    span.set("chat.reply.event", event);
+    Some(span)
 }
 
 /// Sleeps for `wait`; true when shutdown came first.

@@ -16,7 +16,6 @@ use rdkafka::{
     ClientConfig,
 };
 use secrecy::{ExposeSecret, SecretString};
-use tracing::Instrument;
 
 use crate::{
     events::{encode, Event},
@@ -257,8 +256,8 @@ fn is_host_port(s: &str) -> bool {
 }
 
 /// Writes `event` to its topic, keyed by conversation, with `traceparent` in the
-/// headers (the producer span's when traces are exported), and waits for the broker's
-/// acknowledgement.
+/// headers, and waits for the broker's acknowledgement. When traces are exported, the
+/// write is a producer span under `trace` and the record names that span.
 pub async fn publish<E: Event>(
     producer: &FutureProducer,
     event: &E,
@@ -267,13 +266,20 @@ pub async fn publish<E: Event>(
 ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
     let payload = encode(event);
     let key = event.key();
-    let span = otel::producer_span(E::TOPIC);
-    let trace = otel::carry(&span, trace);
-    let record =
-        FutureRecord::to(E::TOPIC).key(&key).payload(&payload).headers(trace.to_headers(OwnedHeaders::new()));
-    let delivered = producer.send(record, timeout).instrument(span.clone()).await;
+    let mut span = otel::Direct::child_of(trace, "send", otel::Kind::Producer);
+    if span.recording() {
+        span.rename(format!("send {}", E::TOPIC));
+        span.set("messaging.system", "kafka");
+        span.set("messaging.operation.type", "send");
+        span.set("messaging.destination.name", E::TOPIC);
+    }
+    let record = FutureRecord::to(E::TOPIC)
+        .key(&key)
+        .payload(&payload)
+        .headers(span.trace().to_headers(OwnedHeaders::new()));
+    let delivered = producer.send(record, timeout).await;
     if let Err((err, _)) = &delivered {
-        otel::fail(&span, err);
+        span.fail(err);
     }
     delivered.map(|delivery| (delivery.partition, delivery.offset)).map_err(|(err, _)| err)
 }

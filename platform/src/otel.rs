@@ -3,25 +3,40 @@
 //! Off unless `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
 //! is set. When off, [`exporting`] is false and every helper here returns at once
 //! (`Span::none()`, the caller's [`TraceParent`]), so the hot path pays one relaxed
-//! load. When on, the `tracing` spans become OpenTelemetry spans (through
-//! `tracing-opentelemetry`), a record's `traceparent` names the span that wrote it, and
-//! a batch processor on its own thread exports them: a slow or absent collector never
-//! blocks or fails a request; a failed export is counted
-//! (`otel_export_failures_total`) and logged once per outage.
+//! load. When on, spans come from one of two places, chosen per binary:
+//! - [`bridge`]: every `tracing` span becomes an OpenTelemetry span (through
+//!   `tracing-opentelemetry`); the handlers, whose spans nest deep inside a record's
+//!   work, use it with the `tracing`-based helpers ([`span`], [`start`], [`carry`]…);
+//! - [`Direct`]: a span made with the OpenTelemetry SDK itself, its sampling decided
+//!   when it starts, before anything is built; the gateway uses only these, so an
+//!   unsampled request costs an id and a sampler call, and a sampled one no more than
+//!   the SDK's span (its `tracing` spans stay log context).
+//!
+//! A record's `traceparent` names the span that wrote it, and a batch processor on its
+//! own thread exports the spans: a slow or absent collector never blocks or fails a
+//! request; a failed export is counted (`otel_export_failures_total`) and logged once
+//! per outage.
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    borrow::Cow,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        OnceLock,
+    },
     time::Duration,
 };
 
 use opentelemetry::{
-    trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _},
+    trace::{
+        Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+        Tracer as _, TracerProvider as _,
+    },
     KeyValue,
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     error::OTelSdkResult,
-    trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter},
+    trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter},
     Resource,
 };
 use tracing::Span;
@@ -34,6 +49,9 @@ use crate::{
 };
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The tracer of the running export (the first one, if a test starts several).
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Metric: exports the collector did not accept (its spans are lost).
 pub const EXPORT_FAILURES: &str = "otel_export_failures_total";
@@ -212,12 +230,9 @@ impl Drop for Exporter {
     }
 }
 
-/// The `tracing` layer that turns spans into exported OpenTelemetry spans, and the
-/// handle that flushes them at exit. Marks export as on.
-pub fn layer<S>(settings: &OtelSettings) -> Result<(impl Layer<S>, Exporter), SettingsError>
-where
-    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
-{
+/// Starts exporting spans under `settings`; marks export as on. Keep the handle until
+/// exit.
+pub fn export(settings: &OtelSettings) -> Result<Exporter, SettingsError> {
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(&settings.endpoint)
@@ -235,25 +250,36 @@ where
         .with_sampler(settings.sampling.sampler())
         .with_resource(resource)
         .build();
-    let tracer = provider.tracer("chatstack");
+    let _ = TRACER.set(provider.tracer("chatstack"));
     for name in [EXPORT_FAILURES, SPANS_EXPORTED] {
         metrics::counter!(name).absolute(0);
     }
     EXPORTING.store(true, Ordering::Relaxed);
-    let layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        // Nothing here reads OpenTelemetry's current context (`span.context()` is used
-        // instead), and activating it on every poll of every instrumented future is
-        // the layer's largest cost per request.
-        .with_context_activation(false)
-        // Info events are in the logs; turning each into a span event cost more per
-        // request than the spans. Warnings and errors stay on their spans (the others
-        // are counted in `otel.tracing_event_count`).
-        .with_counting_event_filter(LevelFilter::WARN);
-    Ok((layer, Exporter { provider }))
+    Ok(Exporter { provider })
+}
+
+/// The `tracing` layer that turns every span into an exported OpenTelemetry span;
+/// `None` when export is off.
+pub fn bridge<S>() -> Option<impl Layer<S>>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    let tracer = TRACER.get().filter(|_| exporting())?.clone();
+    Some(
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            // Nothing here reads OpenTelemetry's current context (`span.context()` is used
+            // instead), and activating it on every poll of every instrumented future is
+            // the layer's largest cost per request.
+            .with_context_activation(false)
+            // Info events are in the logs; turning each into a span event cost more per
+            // request than the spans. Warnings and errors stay on their spans (the others
+            // are counted in `otel.tracing_event_count`).
+            .with_counting_event_filter(LevelFilter::WARN),
+    )
 }
 
 /// Counts what the collector accepted and refused, and logs an outage once.
@@ -312,6 +338,8 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 pub enum Kind {
     /// Work inside the process.
     Internal,
+    /// Answering a request.
+    Server,
     /// A call to another service (Qdrant, the LLM).
     Client,
     /// Writing a record.
@@ -324,9 +352,88 @@ impl Kind {
     fn as_str(self) -> &'static str {
         match self {
             Self::Internal => "internal",
+            Self::Server => "server",
             Self::Client => "client",
             Self::Producer => "producer",
             Self::Consumer => "consumer",
+        }
+    }
+
+    fn span_kind(self) -> SpanKind {
+        match self {
+            Self::Internal => SpanKind::Internal,
+            Self::Server => SpanKind::Server,
+            Self::Client => SpanKind::Client,
+            Self::Producer => SpanKind::Producer,
+            Self::Consumer => SpanKind::Consumer,
+        }
+    }
+}
+
+/// A span made with the OpenTelemetry SDK directly, not through `tracing`. The sampler
+/// decides when it starts; an unsampled span is dropped there and only its context is
+/// kept, so the setters below cost nothing then (check [`Direct::recording`] before
+/// building a costly value). The span ends when dropped.
+pub struct Direct {
+    span: Option<opentelemetry_sdk::trace::Span>,
+    trace: TraceParent,
+}
+
+impl Direct {
+    /// A span continuing `caller`'s trace, or starting a new one. When not exporting,
+    /// its context is a fresh child id of `caller` (or a new trace), as [`start`] gives.
+    pub fn continuing(caller: Option<&TraceParent>, name: &'static str, kind: Kind) -> Self {
+        Self::start(caller, name, kind).unwrap_or_else(|| Self {
+            span: None,
+            trace: caller.map(|c| c.child()).unwrap_or_else(TraceParent::new_root),
+        })
+    }
+
+    /// A span under `parent`. When not exporting, its context is `parent` itself, as
+    /// [`carry`] gives.
+    pub fn child_of(parent: &TraceParent, name: &'static str, kind: Kind) -> Self {
+        Self::start(Some(parent), name, kind).unwrap_or(Self { span: None, trace: *parent })
+    }
+
+    fn start(parent: Option<&TraceParent>, name: &'static str, kind: Kind) -> Option<Self> {
+        let tracer = TRACER.get().filter(|_| exporting())?;
+        let cx = match parent {
+            Some(parent) => opentelemetry::Context::new().with_remote_span_context(remote(parent)),
+            None => opentelemetry::Context::new(),
+        };
+        let span = tracer.span_builder(name).with_kind(kind.span_kind()).start_with_context(tracer, &cx);
+        let trace = trace_parent(span.span_context())?;
+        Some(Self { span: span.is_recording().then_some(span), trace })
+    }
+
+    /// The context to log and to hand on (a record's `traceparent`).
+    pub fn trace(&self) -> TraceParent {
+        self.trace
+    }
+
+    /// Whether the span is recorded (exported): only then are names and attributes kept.
+    pub fn recording(&self) -> bool {
+        self.span.is_some()
+    }
+
+    /// Renames the span (e.g. once the route is known).
+    pub fn rename(&mut self, name: impl Into<Cow<'static, str>>) {
+        if let Some(span) = &mut self.span {
+            span.update_name(name);
+        }
+    }
+
+    /// Sets attribute `key`.
+    pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if let Some(span) = &mut self.span {
+            span.set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks the span failed with `message`.
+    pub fn fail(&mut self, message: impl ToString) {
+        if let Some(span) = &mut self.span {
+            span.set_status(opentelemetry::trace::Status::error(message.to_string()));
         }
     }
 }
@@ -420,8 +527,10 @@ fn remote(parent: &TraceParent) -> SpanContext {
 
 /// The trace context of `span`, `None` when it has none (filtered out, or no layer).
 fn of(span: &Span) -> Option<TraceParent> {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
+    trace_parent(span.context().span().span_context())
+}
+
+fn trace_parent(sc: &SpanContext) -> Option<TraceParent> {
     sc.is_valid().then(|| TraceParent {
         trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
         span_id: u64::from_be_bytes(sc.span_id().to_bytes()),
@@ -500,5 +609,12 @@ mod tests {
         assert_eq!(own.trace_id, caller.trace_id);
         assert_ne!(own.span_id, caller.span_id);
         assert_eq!(carry(&Span::none(), &own), own);
+
+        let mut server = Direct::continuing(Some(&caller), "request", Kind::Server);
+        assert!(!server.recording());
+        server.set("http.route", "/chat");
+        assert_eq!(server.trace().trace_id, caller.trace_id);
+        assert_ne!(server.trace().span_id, caller.span_id);
+        assert_eq!(Direct::child_of(&own, "send", Kind::Producer).trace(), own);
     }
 }

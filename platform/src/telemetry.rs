@@ -14,14 +14,24 @@ pub struct Telemetry {
     _exporter: Option<otel::Exporter>,
 }
 
+/// Where a binary's exported spans come from (see [`otel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spans {
+    /// Every `tracing` span becomes an OpenTelemetry span.
+    FromTracing,
+    /// Only [`otel::Direct`] spans are exported; `tracing` spans stay log context.
+    Direct,
+}
+
 /// Installs the global `tracing` subscriber for `service`.
 ///
 /// `LOG_FORMAT` is `json` (default; one object per line with the fields of every span
 /// in scope under `spans`, so message_id / conversation_id / trace_id reach every line)
 /// or `text`.
 /// `RUST_LOG` filters as usual and defaults to `info`; it filters exported spans too
-/// (ours are at `info`). The `OTEL_*` variables of [`OtelSettings`] turn trace export on.
-pub fn init(env: &Env, service: &'static str) -> Result<Telemetry, SettingsError> {
+/// (ours are at `info`). The `OTEL_*` variables of [`OtelSettings`] turn trace export on;
+/// `spans` says which spans it exports.
+pub fn init(env: &Env, service: &'static str, spans: Spans) -> Result<Telemetry, SettingsError> {
     let format = env.one_of("LOG_FORMAT", &["json", "text"], "json")?;
     let filter_spec = env.optional("RUST_LOG").unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&filter_spec).map_err(|e| SettingsError::Invalid {
@@ -38,13 +48,8 @@ pub fn init(env: &Env, service: &'static str) -> Result<Telemetry, SettingsError
     } else {
         logs.compact().boxed()
     };
-    let (traces, exporter) = match &otel_settings {
-        Some(settings) => {
-            let (layer, exporter) = otel::layer(settings)?;
-            (Some(layer), Some(exporter))
-        }
-        None => (None, None),
-    };
+    let exporter = otel_settings.as_ref().map(otel::export).transpose()?;
+    let traces = (spans == Spans::FromTracing).then(otel::bridge).flatten();
     // A second init (e.g. in tests) keeps the first subscriber; that is harmless.
     let _ = tracing_subscriber::registry().with(filter).with(logs).with(traces).try_init();
     match &otel_settings {

@@ -32,20 +32,20 @@ pub async fn trace(mut request: Request, next: Next) -> Response {
         .get(HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<TraceParent>().ok());
-    let span = if otel::exporting() {
-        server_span(&request)
-    } else {
-        tracing::info_span!("request", trace_id = tracing::field::Empty)
-    };
-    let trace = otel::start(&span, caller);
+    // Sampled or not is decided here, once: an unsampled request builds nothing more.
+    let mut server = otel::Direct::continuing(caller.as_ref(), "request", otel::Kind::Server);
+    if server.recording() {
+        describe(&mut server, &request);
+    }
+    let trace = server.trace();
     let trace_id = trace.trace_id_hex();
-    span.record("trace_id", trace_id.as_str());
+    let span = tracing::info_span!("request", trace_id = trace_id.as_str());
     request.extensions_mut().insert(trace);
-    let mut response = next.run(request).instrument(span.clone()).await;
-    if otel::exporting() {
-        span.record("http.response.status_code", response.status().as_u16());
+    let mut response = next.run(request).instrument(span).await;
+    if server.recording() {
+        server.set("http.response.status_code", i64::from(response.status().as_u16()));
         if response.status().is_server_error() {
-            otel::fail(&span, response.status());
+            server.fail(response.status());
         }
     }
     if let Ok(value) = HeaderValue::from_str(&trace_id) {
@@ -61,20 +61,17 @@ pub async fn trace(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// The HTTP server span (OpenTelemetry's HTTP conventions), named by the matched route.
-fn server_span(request: &Request) -> tracing::Span {
+/// Names the server span by the matched route and gives it OpenTelemetry's HTTP
+/// attributes.
+fn describe(server: &mut otel::Direct, request: &Request) {
     let method = request.method().as_str();
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str());
-    tracing::info_span!(
-        "request",
-        otel.name = %format!("{method} {}", route.unwrap_or("unmatched")),
-        otel.kind = "server",
-        http.request.method = method,
-        http.route = route,
-        url.path = request.uri().path(),
-        http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    )
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    server.rename(format!("{method} {}", route.as_deref().unwrap_or("unmatched")));
+    server.set("http.request.method", method.to_owned());
+    if let Some(route) = route {
+        server.set("http.route", route);
+    }
+    server.set("url.path", request.uri().path().to_owned());
 }
 
 /// The error body `{"error": {…}}` with `trace_id` added to the error object.

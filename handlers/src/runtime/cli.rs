@@ -59,7 +59,7 @@ pub fn main<A: App>(about: &'static str) -> ExitCode {
     };
     let env = Env::from_process();
     // Held to the end of main: dropping it flushes the spans still queued.
-    let _telemetry = match platform::telemetry::init(&env, A::NAME) {
+    let _telemetry = match platform::telemetry::init(&env, A::NAME, platform::telemetry::Spans::FromTracing) {
         Ok(telemetry) => telemetry,
         Err(err) => return exit_code(A::NAME, Err(anyhow::Error::new(err).context("configuration error"))),
     };

@@ -54,7 +54,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
     // Held to the end of main: dropping it flushes the spans still queued.
-    let _telemetry = match telemetry::init(&env, "autoscaler") {
+    let _telemetry = match telemetry::init(&env, "autoscaler", telemetry::Spans::FromTracing) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             return exit_code("autoscaler", Err(anyhow::Error::new(err).context("configuration error")))
