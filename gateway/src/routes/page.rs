@@ -1,4 +1,4 @@
-//! `GET /`: the chat page (`/app.js`, `/markdown.js`, `/style.css`), and
+//! `GET /`: the chat page (`/app.js`, `/markdown.js`, `/style.css`, `/favicon.svg`), and
 //! `GET /openapi.json`: the API's description; all static files compiled into the
 //! binary (no build step).
 
@@ -18,6 +18,7 @@ pub fn routes() -> Router<AppState> {
         .route("/app.js", get(app_js))
         .route("/markdown.js", get(markdown_js))
         .route("/style.css", get(style_css))
+        .route("/favicon.svg", get(favicon))
         .route("/openapi.json", get(openapi))
 }
 
@@ -63,6 +64,9 @@ pub async fn index() -> impl IntoResponse {
     )
 }
 
+/// The page's icon (without one, every page load logs a 404 for `/favicon.ico`).
+const FAVICON: &str = include_str!("../page/favicon.svg");
+
 /// `GET /app.js`.
 pub async fn app_js() -> impl IntoResponse {
     file("text/javascript; charset=utf-8", APP_JS)
@@ -76,6 +80,11 @@ pub async fn markdown_js() -> impl IntoResponse {
 /// `GET /style.css`.
 pub async fn style_css() -> impl IntoResponse {
     file("text/css; charset=utf-8", STYLE_CSS)
+}
+
+/// `GET /favicon.svg`.
+pub async fn favicon() -> impl IntoResponse {
+    file("image/svg+xml", FAVICON)
 }
 
 /// The OpenAPI 3.1 document of the gateway's routes (checked against the router by
