@@ -574,6 +574,15 @@ async function openConversation(id, { push }) {
 }
 
 window.addEventListener("popstate", () => openConversation(conversationInUrl(), { push: false }));
+// A sign-in link opened in a tab already showing the page changes only the fragment.
+window.addEventListener("hashchange", () => {
+  if (!new URLSearchParams(location.hash.slice(1)).has("token")) return;
+  takeTokenFromFragment();
+  ui.signIn.hidden = true;
+  showAccount();
+  loadConversations(false);
+  openConversation(conversationId, { push: false });
+});
 ui.newChat.addEventListener("click", () => openConversation(null, { push: true }));
 
 // ---------------------------------------------------------------- sending
