@@ -20,7 +20,7 @@ use common::*;
 use fantoccini::{key::Key, Client, ClientBuilder, Locator};
 use platform::events::{ReplyBody, UserMessage};
 use serde_json::{json, Value};
-use testkit::{free_port, http_status, kafka::Kafka, port_open, require_env, Process, Signal};
+use testkit::{free_port, http_status, kafka::Kafka, port_open, require_env, Process, QdrantServer, Signal};
 use uuid::Uuid;
 
 /// A headless Chromium session, with its chromedriver.
@@ -180,6 +180,12 @@ async fn the_chat_page_renders_a_streamed_reply_token_by_token() {
     let sidebar =
         browser.js("return document.querySelector('#conversations .current .title').textContent;").await;
     assert_eq!(sidebar, json!("What is the capital of France?"));
+    // This gateway has no history (no QDRANT_URL): the sidebar says so quietly, and
+    // chatting worked regardless.
+    let notice = browser
+        .js("const n = document.getElementById('history-notice'); return n.hidden ? '' : n.textContent;")
+        .await;
+    assert!(notice.as_str().unwrap().contains("chatting still works"), "{notice}");
 
     browser.close().await;
 }
@@ -344,15 +350,20 @@ async fn the_page_has_a_content_security_policy_and_typed_files() {
     );
     assert_eq!(html.matches("<script").count(), 1);
     assert!(html.contains(r#"<script type="module" src="/app.js"></script>"#));
-    for (path, kind) in
-        [("/app.js", "text/javascript"), ("/markdown.js", "text/javascript"), ("/style.css", "text/css")]
-    {
+    for (path, kind) in [
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/markdown.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/favicon.svg", "image/svg+xml"),
+    ] {
         let file = http.get(gateway.url(path)).send().await.expect("GET a page file");
         assert_eq!(file.status(), 200, "{path}");
-        assert_eq!(file.headers()["content-type"], format!("{kind}; charset=utf-8").as_str(), "{path}");
+        assert_eq!(file.headers()["content-type"], kind, "{path}");
         assert_eq!(file.headers()["x-content-type-options"], "nosniff", "{path}");
         let text = file.text().await.unwrap();
-        for sink in ["innerHTML =", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"] {
+        for sink in
+            ["innerHTML =", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"]
+        {
             assert!(!text.contains(sink), "{path} uses {sink}: HTML or code from strings");
         }
     }
@@ -513,21 +524,23 @@ async fn without_a_valid_token_the_page_says_so_and_a_token_from_the_url_signs_i
     client.find(Locator::Id("send")).await.expect("button").click().await.expect("click");
     browser.wait_for(sign_in, "refused").await;
 
-    // An expired one too.
+    // An expired one, from a sign-in link opened afresh: taken from the URL, refused.
     let expired = token_with("alice", -3600, JWT_SECRET);
     client.goto("about:blank").await.expect("leave");
     client.goto(&gateway.url(&format!("/#token={expired}"))).await.expect("open with a token");
+    let kept = "return location.hash + '|' + sessionStorage.getItem('token');";
+    browser.wait_for(kept, &format!("|{expired}")).await;
     browser.type_and_click_send("Hello?").await;
     browser.wait_for(sign_in, "refused").await;
 
-    // A valid token in the URL fragment: kept in the tab, removed from the URL.
+    // A valid one, from a sign-in link opened in the same tab (only the fragment
+    // changes): kept in the tab, removed from the URL, and the message goes through.
     let valid = token("alice");
-    client.goto("about:blank").await.expect("leave");
-    client.goto(&gateway.url(&format!("/#token={valid}"))).await.expect("open with a token");
-    browser
-        .wait_for("return location.hash + '|' + sessionStorage.getItem('token');", &format!("|{valid}"))
-        .await;
+    browser.js(&format!("location.hash = 'token={valid}'; return '';")).await;
+    browser.wait_for(kept, &format!("|{valid}")).await;
+    browser.wait_for(sign_in, "hidden").await;
     assert_eq!(browser.js("return location.href;").await, json!(gateway.url("/")));
+    client.find(Locator::Id("message")).await.expect("input").clear().await.expect("clear");
     let message = browser.send("Hello, it is Alice", "alice").await;
     let posted = kafka.first_user_message("browser-auth").await;
     assert_eq!((posted.user_id.as_str(), posted.message_id), ("alice", message.message_id));
@@ -535,5 +548,270 @@ async fn without_a_valid_token_the_page_says_so_and_a_token_from_the_url_signs_i
     kafka.reply(&posted, Uuid::new_v4(), whole_reply("Hi Alice!")).await;
     browser.wait_for(&Browser::reply_text(&message), "Hi Alice!").await;
     assert_eq!(browser.js(sign_in).await, json!("hidden"));
+    browser.close().await;
+}
+
+/// The stack behind the page's history: a broker, the Qdrant engine server, the real
+/// memory worker storing every turn, and a gateway reading history from that Qdrant.
+struct WithHistory {
+    kafka: Kafka,
+    gateway: Gateway,
+    _memory: Process,
+    _qdrant: QdrantServer,
+    _dir: tempfile::TempDir,
+}
+
+impl WithHistory {
+    async fn start() -> Self {
+        require_env(&["EMBED_MODEL_DIR", "QDRANT_DEV_SERVER_BIN"]).expect("history's dependencies");
+        let model_dir = std::env::var("EMBED_MODEL_DIR").unwrap();
+        let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
+        let dir = tempfile::tempdir().expect("dir");
+        let memory = memory_worker(&kafka, &qdrant.url(), &model_dir, dir.path());
+        let gateway = Gateway::start(
+            &kafka,
+            &[
+                ("AUTH", "disabled"),
+                ("QDRANT_URL", qdrant.url().as_str()),
+                ("EMBED_MODEL_DIR", model_dir.as_str()),
+            ],
+        );
+        Self { kafka, gateway, _memory: memory, _qdrant: qdrant, _dir: dir }
+    }
+
+    /// Waits until the conversation's history holds `count` complete turns (the memory
+    /// worker stores them a moment after they pass through Kafka).
+    async fn wait_stored(&self, conversation_id: Uuid, count: usize) {
+        let client = reqwest::Client::new();
+        let url = self.gateway.url(&format!("/conversations/{conversation_id}/messages"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body: Value = client.get(&url).send().await.expect("history").json().await.expect("JSON");
+            let complete = body["messages"]
+                .as_array()
+                .map_or(0, |m| m.iter().filter(|m| m["status"] == "complete").count());
+            if complete >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{count} turns not stored within 30 s: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends `text` from the page and answers it with `answer`, both stored.
+    async fn exchange(&self, browser: &Browser, text: &str, answer: &str) -> UserMessage {
+        let message = browser.send(text, "anonymous").await;
+        self.kafka.reply(&message, Uuid::new_v4(), whole_reply(answer)).await;
+        browser.wait_for(&Browser::reply_done(&message), "true").await;
+        message
+    }
+}
+
+/// The `memory` worker (the real binary), embedding in-process.
+fn memory_worker(kafka: &Kafka, qdrant_url: &str, model_dir: &str, dir: &std::path::Path) -> Process {
+    let binary = testkit::workspace_binary("memory").expect("the memory binary");
+    let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
+    let mut command = Command::new(binary);
+    command
+        .arg("run")
+        .env_clear()
+        .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
+        .env("QDRANT_URL", qdrant_url)
+        .env("EMBED_MODEL_DIR", model_dir)
+        .env("HANDLER_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("LOG_FORMAT", "text");
+    let mut process =
+        Process::spawn("memory", command, dir.join("memory.log"), Signal::SIGTERM).expect("spawn");
+    process
+        .wait_until(Duration::from_secs(60), || http_status(port, "/ready") == Some(200))
+        .expect("memory ready");
+    process
+}
+
+/// The texts of the turns shown, in order.
+const TURNS: &str =
+    "return [...document.querySelectorAll('#log .bubble')].map((b) => b.textContent).join(' | ');";
+/// The sidebar's titles, top to bottom, the current one marked.
+const SIDEBAR: &str = "return [...document.querySelectorAll('#conversations li')]\
+                       .map((li) => (li.classList.contains('current') ? '*' : '') + li.querySelector('.title').textContent)\
+                       .join(' | ');";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_comes_back_on_reload_and_on_switching_and_deleting_is_final() {
+    let stack = WithHistory::start().await;
+    let browser = Browser::start().await;
+    let client = &browser.client;
+    client.goto(&stack.gateway.url("/")).await.expect("open the page");
+
+    let first = stack.exchange(&browser, "What is Rust?", "A *systems* language.").await;
+    client.find(Locator::Id("new-chat")).await.expect("new chat").click().await.expect("click");
+    browser.wait_for("return location.search;", "").await;
+    let second = stack.exchange(&browser, "And Kafka?", "A distributed **log**.").await;
+    assert_ne!(first.conversation_id, second.conversation_id);
+    stack.wait_stored(first.conversation_id, 2).await;
+    stack.wait_stored(second.conversation_id, 2).await;
+
+    // Reload: the conversation in the URL comes back from history, the sidebar lists both.
+    client.refresh().await.expect("reload");
+    browser.wait_for(TURNS, "And Kafka? | A distributed log.").await;
+    browser.wait_for(SIDEBAR, "*And Kafka? | What is Rust?").await;
+    assert_eq!(
+        browser.js("return document.querySelector('.bubble.assistant strong').textContent;").await,
+        json!("log"),
+        "history is rendered as Markdown too"
+    );
+
+    // Switch from the sidebar: the URL and the turns follow; Back returns.
+    client
+        .find(Locator::Css("#conversations li:nth-child(2) .open"))
+        .await
+        .expect("item")
+        .click()
+        .await
+        .expect("click");
+    browser.wait_for(TURNS, "What is Rust? | A systems language.").await;
+    browser.wait_for(SIDEBAR, "And Kafka? | *What is Rust?").await;
+    assert_eq!(
+        client.current_url().await.unwrap().query(),
+        Some(format!("c={}", first.conversation_id).as_str())
+    );
+    client.back().await.expect("back");
+    browser.wait_for(TURNS, "And Kafka? | A distributed log.").await;
+
+    // The switched-to conversation goes on streaming: a new message in it is answered.
+    let third = browser.send("Partitions?", "anonymous").await;
+    assert_eq!(third.conversation_id, second.conversation_id);
+    stack.kafka.reply(&third, Uuid::new_v4(), whole_reply("Ordered per key.")).await;
+    browser.wait_for(&Browser::reply_text(&third), "Ordered per key.").await;
+
+    // Delete the first conversation (confirmed in the page's dialog): gone for good.
+    client
+        .find(Locator::Css("#conversations li:nth-child(2) .delete"))
+        .await
+        .expect("delete")
+        .click()
+        .await
+        .expect("click");
+    browser.wait_for("return String(document.getElementById('confirm').open);", "true").await;
+    client.find(Locator::Id("confirm-ok")).await.expect("confirm").click().await.expect("click");
+    browser.wait_for(SIDEBAR, "*And Kafka?").await;
+    stack.wait_stored(second.conversation_id, 4).await;
+    client.refresh().await.expect("reload");
+    browser.wait_for(TURNS, "And Kafka? | A distributed log. | Partitions? | Ordered per key.").await;
+    browser.wait_for(SIDEBAR, "*And Kafka?").await;
+    // Its old URL shows nothing of it.
+    client.goto(&stack.gateway.url(&format!("/?c={}", first.conversation_id))).await.expect("open");
+    browser.wait_for("return document.getElementById('log').dataset.state;", "loaded").await;
+    assert_eq!(browser.js(TURNS).await, json!(""));
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_still_streaming_on_reload_is_shown_as_such_and_completes() {
+    let stack = WithHistory::start().await;
+    let browser = Browser::start().await;
+    browser.client.goto(&stack.gateway.url("/")).await.expect("open the page");
+
+    let message = browser.send("Write a haiku", "anonymous").await;
+    let attempt = Uuid::new_v4();
+    let bodies = reply_bodies(&["Old pond,", " a frog jumps", " in."]);
+    stack.kafka.reply(&message, attempt, bodies[..1].to_vec()).await;
+    browser.wait_for(&Browser::reply_text(&message), "Old pond,").await;
+    stack.wait_stored(message.conversation_id, 1).await;
+
+    browser.client.refresh().await.expect("reload");
+    // The stored question, and the reply resumed from the stream, not a half text from history.
+    browser.wait_for(TURNS, "Write a haiku | Old pond,").await;
+    stack.kafka.reply(&message, attempt, bodies[1..].to_vec()).await;
+    browser.wait_for(&Browser::reply_done(&message), "true").await;
+    browser.wait_for(TURNS, "Write a haiku | Old pond, a frog jumps in.").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_panel_shows_what_is_remembered_and_forget_me_erases_it() {
+    let stack = WithHistory::start().await;
+    let browser = Browser::start().await;
+    let client = &browser.client;
+    client.goto(&stack.gateway.url("/")).await.expect("open the page");
+    let message = stack.exchange(&browser, "My cat is called Miso", "Miso is a lovely name.").await;
+    stack.wait_stored(message.conversation_id, 2).await;
+
+    let memories = "return [...document.querySelectorAll('#memory-list .memory-text')].map((m) => m.textContent).sort().join(' | ');";
+    client.find(Locator::Id("open-memories")).await.expect("button").click().await.expect("click");
+    browser.wait_for(memories, "Miso is a lovely name. | My cat is called Miso").await;
+    // A search ranks by similarity and shows the scores.
+    client.find(Locator::Id("memory-q")).await.expect("search").send_keys("pets").await.expect("type");
+    client.find(Locator::Css("#memory-form button")).await.expect("button").click().await.expect("click");
+    browser.wait_for("return String(document.querySelectorAll('#memory-list .score').length);", "2").await;
+
+    // Forget me, confirmed: everything goes, in the panel, the sidebar and the conversation.
+    client.find(Locator::Id("forget-me")).await.expect("button").click().await.expect("click");
+    browser.wait_for("return String(document.getElementById('confirm').open);", "true").await;
+    client.find(Locator::Id("confirm-ok")).await.expect("confirm").click().await.expect("click");
+    browser
+        .wait_for(
+            "return document.getElementById('memory-status').textContent.startsWith('Forgotten') ? 'forgotten' \
+             : document.getElementById('memory-status').textContent;",
+            "forgotten",
+        )
+        .await;
+    browser.wait_for(SIDEBAR, "").await;
+    browser.wait_for("return location.search;", "").await;
+    // And it stays gone after a reload.
+    client.refresh().await.expect("reload");
+    client.find(Locator::Id("open-memories")).await.expect("button").click().await.expect("click");
+    browser
+        .wait_for(
+            "return document.getElementById('memory-status').textContent;",
+            "Nothing is remembered about you.",
+        )
+        .await;
+    browser.wait_for(SIDEBAR, "").await;
+    browser.close().await;
+}
+
+/// Writes the README's screenshots (docs/img/): `cargo nextest run -p gateway --test
+/// browser --run-ignored only`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "writes docs/img/*.png; run on purpose"]
+async fn screenshots_for_the_readme() {
+    let stack = WithHistory::start().await;
+    let browser = Browser::start().await;
+    let client = &browser.client;
+    client.goto(&stack.gateway.url("/")).await.expect("open the page");
+    let chats = [
+        (
+            "Plan a weekend in Lisbon",
+            "Day 1: Alfama and a *fado* evening.\nDay 2: Belém, then sunset at a miradouro.",
+        ),
+        (
+            "What does KEDA scale on?",
+            "On **events**: here, Kafka consumer-group lag.\n\n- 0 → 1 when lag > `activationLagThreshold`\n- then `ceil(lag / lagThreshold)` replicas",
+        ),
+    ];
+    for (question, answer) in chats {
+        client.find(Locator::Id("new-chat")).await.expect("new chat").click().await.expect("click");
+        stack.exchange(&browser, question, answer).await;
+    }
+    let light =
+        stack.exchange(&browser, "And back to zero?", "After `cooldownPeriod` with no lag, yes.").await;
+    stack.wait_stored(light.conversation_id, 4).await;
+    client.refresh().await.expect("reload");
+    browser.wait_for("return String(document.querySelectorAll('#conversations li').length);", "2").await;
+    browser.wait_for("return String(document.querySelectorAll('#log .bubble').length);", "4").await;
+    let shot = |name: &str, png: Vec<u8>| {
+        let path = testkit::repo_root().join("docs/img").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).expect("docs/img");
+        assert!(png.len() < 200_000, "{name} is {} bytes", png.len());
+        std::fs::write(&path, png).expect("write the screenshot");
+    };
+    shot("chat-page.png", client.screenshot().await.expect("screenshot"));
+
+    client.find(Locator::Id("new-chat")).await.expect("new chat").click().await.expect("click");
+    let answer = "Sort it in place; `sort` is stable:\n\n```rust\nlet mut scores = vec![42, 7, 19];\nscores.sort();\nassert_eq!(scores, [7, 19, 42]);\n```\n\nFor descending order use `sort_by(|a, b| b.cmp(a))`, or `sort_unstable` when ties do not matter.";
+    stack.exchange(&browser, "How do I sort a Vec in Rust?", answer).await;
+    shot("chat-code-answer.png", client.screenshot().await.expect("screenshot"));
     browser.close().await;
 }
