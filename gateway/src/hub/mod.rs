@@ -70,6 +70,9 @@ struct Conversation {
     /// replay window, or a bound on those the hub never read or forgot.
     evicted: Option<EventId>,
     messages: HashMap<Uuid, Attempts>,
+    /// When each message of `messages` got its first reply event (ms since the epoch,
+    /// the event's own time), for the history's "still streaming" entries.
+    started_ms: HashMap<Uuid, i64>,
     streams: Vec<mpsc::Sender<Arc<ReplyEvent>>>,
     last_event: Instant,
 }
@@ -82,6 +85,7 @@ impl Conversation {
             replay: VecDeque::new(),
             evicted: None,
             messages: HashMap::new(),
+            started_ms: HashMap::new(),
             streams: Vec::new(),
             last_event: Instant::now(),
         }
@@ -111,6 +115,7 @@ impl Conversation {
                     && self.messages.get(&old.message_id).is_some_and(Attempts::is_finished)
                 {
                     self.messages.remove(&old.message_id);
+                    self.started_ms.remove(&old.message_id);
                     forgotten.finish(old.message_id);
                 }
             }
@@ -241,6 +246,7 @@ impl Hub {
         }
         conv.last_event = Instant::now();
         conv.place(id.partition, forgotten);
+        let started_ms = response.ts.timestamp_millis();
         let event = ReplyEvent::from_response(id, response).with_trace(trace_id);
         let attempts = match conv.messages.entry(event.message_id) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -249,7 +255,10 @@ impl Hub {
                 metrics::counter!("gateway_finished_events_dropped_total").increment(1);
                 return 0;
             }
-            Entry::Vacant(entry) => entry.insert(Attempts::default()),
+            Entry::Vacant(entry) => {
+                conv.started_ms.insert(event.message_id, started_ms);
+                entry.insert(Attempts::default())
+            }
         };
         let verdict = attempts.admit(event.attempt, &event.kind);
         let (reset, gap, first, last) = match verdict {
@@ -314,6 +323,32 @@ impl Hub {
             }
         };
         Ok(Subscription { backlog, gap, live, after: last_event_id })
+    }
+
+    /// The messages of `user_id`'s conversation whose reply has started and not ended,
+    /// each with the time (ms) of its first reply event; empty for another user's.
+    pub fn replies_in_progress(&self, conversation_id: Uuid, user_id: &str) -> Vec<(Uuid, i64)> {
+        let state = self.lock();
+        let Some(conv) = state.conversations.get(&conversation_id).filter(|c| c.user_id == user_id) else {
+            return Vec::new();
+        };
+        let mut started: Vec<(Uuid, i64)> = conv
+            .messages
+            .iter()
+            .filter(|(_, attempts)| !attempts.is_finished())
+            .map(|(id, _)| (*id, conv.started_ms.get(id).copied().unwrap_or_default()))
+            .collect();
+        started.sort_by_key(|(_, ts)| *ts);
+        started
+    }
+
+    /// Drops a deleted conversation's replay window on this replica (its open streams
+    /// end), so `/stream` does not replay deleted text from here.
+    pub fn drop_conversation(&self, conversation_id: Uuid, user_id: &str) {
+        let mut state = self.lock();
+        if state.conversations.get(&conversation_id).is_some_and(|c| c.user_id == user_id) {
+            state.forget(&conversation_id);
+        }
     }
 
     /// Number of conversations tracked.
@@ -439,6 +474,21 @@ mod tests {
         let sub = hub.subscribe(msg.conversation_id, "alice", Some(first)).unwrap();
         assert!(sub.gap);
         assert_eq!(sub.backlog.len(), 3);
+    }
+
+    #[test]
+    fn replies_in_progress_are_the_started_unfinished_ones_of_the_owner() {
+        let hub = Hub::new(HubLimits::default());
+        let msg = UserMessage::new(Uuid::new_v4(), "alice", "hi");
+        let a = Uuid::new_v4();
+        let mut log = Log { next: 0 };
+        assert!(hub.replies_in_progress(msg.conversation_id, "alice").is_empty());
+        hub.publish(log.id(), token(&msg, a, 0));
+        let started = hub.replies_in_progress(msg.conversation_id, "alice");
+        assert_eq!(started.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [msg.message_id]);
+        assert!(hub.replies_in_progress(msg.conversation_id, "bob").is_empty());
+        hub.publish(log.id(), done(&msg, a));
+        assert!(hub.replies_in_progress(msg.conversation_id, "alice").is_empty());
     }
 
     #[test]
