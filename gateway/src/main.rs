@@ -8,6 +8,7 @@
 mod auth;
 mod conversation_id;
 mod error;
+mod history;
 mod hub;
 mod idempotency;
 mod intake;
@@ -34,7 +35,12 @@ use platform::{
 use rdkafka::producer::Producer;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{auth::Authenticator, settings::GatewaySettings, state::AppState};
+use crate::{
+    auth::Authenticator,
+    history::History,
+    settings::{GatewaySettings, HistorySettings},
+    state::AppState,
+};
 
 /// The always-on service of the event-driven chat stack.
 #[derive(Parser)]
@@ -117,8 +123,20 @@ async fn serve(env: &Env) -> anyhow::Result<()> {
     )?;
     register_metrics();
     let producer = settings.kafka.producer()?;
+    let history = match &settings.history {
+        HistorySettings::Off => {
+            tracing::warn!("QDRANT_URL is not set: /conversations and /memories answer 503");
+            None
+        }
+        HistorySettings::On { store, embedder } => {
+            if let Err(why) = embedder {
+                tracing::warn!(reason = %why, "no embedder: GET /memories?q= answers 503");
+            }
+            Some(History::new(store, embedder.clone()).context("configuration error")?)
+        }
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = AppState::new(&settings, auth, producer.clone(), shutdown_rx.clone());
+    let state = AppState::new(&settings, auth, producer.clone(), history, shutdown_rx.clone());
 
     let relay = tokio::spawn(relay::run(state.clone(), settings.relay_lookback, shutdown_rx.clone()));
     tokio::spawn(sweep(state.clone(), shutdown_rx.clone()));

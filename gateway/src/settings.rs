@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use memory_store::{embed::EmbedderSettings, store::StoreSettings};
 use platform::{
     kafka::KafkaSettings,
     settings::{Env, SettingsError},
@@ -9,6 +10,36 @@ use platform::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::hub::HubLimits;
+
+/// Where the history and memory routes read from (`QDRANT_URL` and the embedder's
+/// settings, the same the handlers read).
+pub enum HistorySettings {
+    /// `QDRANT_URL` is not set: the routes answer 503 `history_unavailable`.
+    Off,
+    /// The memory collection.
+    On {
+        /// `QDRANT_URL`, `QDRANT_API_KEY[_FILE]`, `MEMORY_COLLECTION`.
+        store: StoreSettings,
+        /// `EMBEDDER` and what it needs, for `GET /memories?q=`; when a required one is
+        /// missing, why (searching then answers 503 `search_unavailable`).
+        embedder: Result<EmbedderSettings, String>,
+    },
+}
+
+impl HistorySettings {
+    /// Reads the settings; an invalid value is an error, a missing one turns a part off.
+    pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
+        if env.optional("QDRANT_URL").is_none() {
+            return Ok(Self::Off);
+        }
+        let embedder = match EmbedderSettings::from_env(env) {
+            Ok(embedder) => Ok(embedder),
+            Err(missing @ SettingsError::Missing { .. }) => Err(missing.to_string()),
+            Err(err) => return Err(err),
+        };
+        Ok(Self::On { store: StoreSettings::from_env(env)?, embedder })
+    }
+}
 
 /// Everything `gateway serve` needs besides authentication.
 pub struct GatewaySettings {
@@ -34,6 +65,8 @@ pub struct GatewaySettings {
     /// so that clients moving to it (a rollout) can resume replies begun before it
     /// started (default 60; 0 reads from the log end).
     pub relay_lookback: Duration,
+    /// `QDRANT_URL` and the embedder: the history and memory routes.
+    pub history: HistorySettings,
 }
 
 fn at_least<T: PartialOrd + ToString>(name: &str, value: T, min: T) -> Result<T, SettingsError> {
@@ -82,6 +115,7 @@ impl GatewaySettings {
                 1,
             )?),
             relay_lookback: Duration::from_secs(env.parse_or("RELAY_LOOKBACK_SECS", 60)?),
+            history: HistorySettings::from_env(env)?,
             hub: HubLimits {
                 replay_events: at_least(
                     "REPLAY_EVENTS",

@@ -10,7 +10,8 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use crate::{
-    auth::Authenticator, hub::Hub, idempotency::IdempotencyCache, intake::Intake, settings::GatewaySettings,
+    auth::Authenticator, history::History, hub::Hub, idempotency::IdempotencyCache, intake::Intake,
+    settings::GatewaySettings,
 };
 
 /// Shared state, cheap to clone (axum clones it per request: every field is an `Arc`
@@ -31,6 +32,9 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Heartbeat interval of SSE streams.
     pub heartbeat: Duration,
+    /// The stored turns behind the history and memory routes; `None` when `QDRANT_URL`
+    /// is not set (they answer 503).
+    pub history: Option<Arc<History>>,
 }
 
 impl AppState {
@@ -39,6 +43,7 @@ impl AppState {
         settings: &GatewaySettings,
         auth: Authenticator,
         producer: FutureProducer,
+        history: Option<History>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let hub = Arc::new(Hub::new(settings.hub));
@@ -50,6 +55,7 @@ impl AppState {
             idempotency: Arc::new(IdempotencyCache::new(10_000, Duration::from_secs(600))),
             shutdown,
             heartbeat: settings.heartbeat,
+            history: history.map(Arc::new),
         }
     }
 }

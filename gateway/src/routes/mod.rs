@@ -3,6 +3,8 @@
 mod chat;
 mod counted;
 mod health;
+mod history;
+mod memories;
 mod openai;
 mod page;
 mod stream;
@@ -15,7 +17,7 @@ use axum::{
     http::StatusCode,
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{delete, get, post},
     Router,
 };
 
@@ -25,9 +27,15 @@ use crate::{error::ApiError, state::AppState};
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
     // Room for the JSON around the longest accepted text (escapes can double it).
     let body_limit = state.intake.max_text_bytes * 2 + 1024;
-    let bounded = Router::new().route("/chat", post(chat::post_chat)).layer(middleware::from_fn(
-        move |request: Request, next: Next| time_limit(request_timeout, request, next),
-    ));
+    let bounded = Router::new()
+        .route("/chat", post(chat::post_chat))
+        .route("/conversations", get(history::list))
+        .route("/conversations/{id}", delete(history::delete))
+        .route("/conversations/{id}/messages", get(history::messages))
+        .route("/memories", get(memories::get).delete(memories::delete))
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            time_limit(request_timeout, request, next)
+        }));
     Router::new()
         .merge(bounded)
         .merge(page::routes())

@@ -1,5 +1,6 @@
 //! The gateway's HTTP API against a real broker: accepted messages, streams, resume,
-//! ownership, bad input, rate limits, broker outages and shutdown.
+//! ownership, bad input, rate limits, broker outages and shutdown; history, memory
+//! and deletion against the Qdrant engine server and the memory worker.
 
 mod auth;
 mod bad_input;
@@ -7,6 +8,7 @@ mod chat;
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;
+mod history;
 mod openapi;
 mod outage;
 mod shutdown;
