@@ -113,8 +113,12 @@ impl Deletions {
                 }
                 self.client
                     .create_field_index(
-                        CreateFieldIndexCollectionBuilder::new(&self.collection, "user_id", FieldType::Keyword)
-                            .wait(true),
+                        CreateFieldIndexCollectionBuilder::new(
+                            &self.collection,
+                            "user_id",
+                            FieldType::Keyword,
+                        )
+                        .wait(true),
                     )
                     .await
                     .context("creating the payload index on user_id (deletions)")?;
@@ -163,9 +167,7 @@ impl Deletions {
     ) -> Result<Tombstones, StoreError> {
         let mut ids: Vec<Uuid> = memories
             .into_iter()
-            .flat_map(|m| {
-                [tombstone_id(&m.user_id, Some(m.conversation_id)), tombstone_id(&m.user_id, None)]
-            })
+            .flat_map(|m| [tombstone_id(&m.user_id, Some(m.conversation_id)), tombstone_id(&m.user_id, None)])
             .collect();
         ids.sort_unstable();
         ids.dedup();

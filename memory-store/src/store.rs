@@ -25,8 +25,8 @@ use platform::{
 use qdrant_client::{
     qdrant::{
         Condition, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder, DeletePointsBuilder,
-        Direction, Distance, FieldType, Filter, OrderByBuilder, PayloadIncludeSelector, PointId,
-        PointStruct, PointsIdsList, QueryPointsBuilder, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
+        Direction, Distance, FieldType, Filter, OrderByBuilder, PayloadIncludeSelector, PointId, PointStruct,
+        PointsIdsList, QueryPointsBuilder, RetrievedPoint, ScoredPoint, ScrollPointsBuilder,
         UpsertPointsBuilder, Value, VectorParamsBuilder,
     },
     Payload, Qdrant,
@@ -290,7 +290,8 @@ impl MemoryStore {
         self.traced("upsert", upsert).await.context("upsert_points")?;
         let after = self.deletions.covering(kept.iter().map(|(m, _)| m)).await?;
         if !after.is_empty() {
-            let late: Vec<Uuid> = kept.iter().filter(|(m, _)| after.covers(m)).map(|(m, _)| m.point_id).collect();
+            let late: Vec<Uuid> =
+                kept.iter().filter(|(m, _)| after.covers(m)).map(|(m, _)| m.point_id).collect();
             self.delete_points(&late).await?;
             dropped.extend(late);
         }
@@ -323,9 +324,9 @@ impl MemoryStore {
         if let Some(conversation_id) = conversation_id {
             conditions.push(Condition::matches("conversation_id", conversation_id.to_string()));
         }
-        let delete = self
-            .client
-            .delete_points(DeletePointsBuilder::new(&self.collection).points(Filter::must(conditions)).wait(true));
+        let delete = self.client.delete_points(
+            DeletePointsBuilder::new(&self.collection).points(Filter::must(conditions)).wait(true),
+        );
         self.traced("delete", delete).await.context("delete by filter")?;
         Ok(deletion)
     }
@@ -333,13 +334,19 @@ impl MemoryStore {
     /// Every turn of a user's conversation, in order (time, the question before its
     /// reply). Reads the whole conversation: fine for conversations of thousands of
     /// turns (see docs/ARCHITECTURE.md, "History and deletion").
-    pub async fn conversation(&self, user_id: &str, conversation_id: Uuid) -> Result<Vec<Memory>, StoreError> {
+    pub async fn conversation(
+        &self,
+        user_id: &str,
+        conversation_id: Uuid,
+    ) -> Result<Vec<Memory>, StoreError> {
         let filter = Filter::must([
             Condition::matches("user_id", user_id.to_string()),
             Condition::matches("conversation_id", conversation_id.to_string()),
         ]);
         let mut turns = self.scroll_all(filter, None).await?;
-        turns.sort_by(|a, b| (a.ts_ms, a.role != Role::User, a.point_id).cmp(&(b.ts_ms, b.role != Role::User, b.point_id)));
+        turns.sort_by(|a, b| {
+            (a.ts_ms, a.role != Role::User, a.point_id).cmp(&(b.ts_ms, b.role != Role::User, b.point_id))
+        });
         Ok(turns)
     }
 
@@ -384,14 +391,19 @@ impl MemoryStore {
     }
 
     /// Every point matching `filter` (page by page), without deleted ones.
-    async fn scroll_all(&self, filter: Filter, fields: Option<Vec<String>>) -> Result<Vec<Memory>, StoreError> {
+    async fn scroll_all(
+        &self,
+        filter: Filter,
+        fields: Option<Vec<String>>,
+    ) -> Result<Vec<Memory>, StoreError> {
         if !self.exists().await? {
             return Ok(Vec::new());
         }
         let mut turns = Vec::new();
         let mut offset: Option<PointId> = None;
         loop {
-            let mut request = ScrollPointsBuilder::new(&self.collection).filter(filter.clone()).limit(SCROLL_PAGE);
+            let mut request =
+                ScrollPointsBuilder::new(&self.collection).filter(filter.clone()).limit(SCROLL_PAGE);
             request = match &fields {
                 Some(fields) => request.with_payload(PayloadIncludeSelector { fields: fields.clone() }),
                 None => request.with_payload(true),

@@ -92,7 +92,11 @@ fn batch_span(batch: &[Request]) -> Span {
     span
 }
 
-async fn store_batch(embedder: &Embedder, store: &MemoryStore, batch: &[Memory]) -> Result<Dropped, StoreFailure> {
+async fn store_batch(
+    embedder: &Embedder,
+    store: &MemoryStore,
+    batch: &[Memory],
+) -> Result<Dropped, StoreFailure> {
     let texts = batch.iter().map(|m| m.text.clone()).collect();
     let started = std::time::Instant::now();
     let vectors = embedder.embed(texts).await.map_err(|e| match e {
