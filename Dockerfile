@@ -106,6 +106,8 @@ LABEL org.opencontainers.image.title="chat-stack-gateway" \
       org.opencontainers.image.description="The chat stack's always-on API: /chat, /stream (SSE), health and metrics"
 COPY --from=build-gateway /out/libs/ /usr/local/lib/chat-stack/
 COPY --from=build-gateway /out/bin/gateway /usr/local/bin/gateway
+# GET /memories?q= embeds the search text in-process, as the handlers do (EMBEDDER=local).
+COPY --from=model /models/ /models/
 USER 65532:65532
 # 8080: the API, /health and /ready; 9091: /metrics (METRICS_LISTEN_ADDR).
 EXPOSE 8080 9091

@@ -251,7 +251,7 @@ pub fn rust_sources() -> String {
         }
     }
     let mut text = String::new();
-    for dir in ["platform/src", "gateway/src", "handlers/src"] {
+    for dir in ["platform/src", "memory-store/src", "gateway/src", "handlers/src"] {
         walk(&repo_path(dir), &mut text);
     }
     assert!(text.len() > 10_000, "no Rust sources found under platform/, gateway/, handlers/");

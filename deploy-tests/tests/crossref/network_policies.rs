@@ -60,13 +60,14 @@ fn network_policies_allow_the_stack_flows_and_nothing_else() {
         (ns("keda"), pod("kafka"), 9092),
         (pod("responder"), pod("qdrant"), 6334),
         (pod("memory"), pod("qdrant"), 6334),
+        // The history and memory routes.
+        (pod("gateway"), pod("qdrant"), 6334),
         (pod("responder"), pod("ollama"), 11434),
     ];
     for (src, dst, port) in &must_allow {
         assert!(eval.allows(src, dst, *port, "TCP"), "{src} -> {dst}:{port} must be allowed");
     }
     let must_deny = [
-        (pod("gateway"), pod("qdrant"), 6334),
         (pod("gateway"), pod("ollama"), 11434),
         (pod("memory"), pod("ollama"), 11434),
         (pod("ollama"), pod("kafka"), 9092),
@@ -207,7 +208,8 @@ fn every_pod_reaches_each_dependency_it_is_configured_to_use_in_every_variant() 
             let src = pod_of(&objects, &w);
             let mut wanted: Vec<String> =
                 env["KAFKA_BOOTSTRAP_SERVERS"].split(',').map(|s| s.trim().to_string()).collect();
-            if w.binary != "gateway" && w.container["args"][0] != "init" {
+            // Every binary but the bootstrap Job uses Qdrant (the gateway: history).
+            if w.container["args"][0] != "init" {
                 wanted.push(env["QDRANT_URL"].clone());
             }
             if w.binary == "responder" {
