@@ -155,6 +155,8 @@ export AUTH="${AUTH:-disabled}" CONVERSATION_KEY_FILE="${CONVERSATION_KEY_FILE:-
 export RATE_LIMIT_PER_MINUTE="${RATE_LIMIT_PER_MINUTE:-0}"
 export LISTEN_ADDR="127.0.0.1:$GATEWAY_PORT" LOG_FORMAT="${LOG_FORMAT:-text}"
 port_free "$GATEWAY_METRICS_PORT" || die "port $GATEWAY_METRICS_PORT (gateway metrics) is already in use: set GATEWAY_METRICS_PORT"
+# The gateway inherits QDRANT_URL and EMBED_MODEL_DIR (exported above): its history
+# and memory routes (/conversations, /memories) read the turns the memory worker stores.
 # Only the gateway's: the autoscaler gives each handler replica a free admin port.
 METRICS_LISTEN_ADDR="127.0.0.1:$GATEWAY_METRICS_PORT" start gateway "$GATEWAY_PORT" "$CARGO_TARGET_DIR/debug/gateway" serve
 # The handlers start from zero on lag, as KEDA would start them in a cluster: the
@@ -196,6 +198,11 @@ cat <<MSG
     curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/chat -H 'content-type: application/json' -d '{"text":"Hi!"}'
     curl -N "http://127.0.0.1:$GATEWAY_PORT/stream?conversation_id=<conversation_id from the answer>"
     curl -N -X POST "http://127.0.0.1:$GATEWAY_PORT/chat?stream=true" -H 'content-type: application/json' -d '{"text":"Hi!"}'
+
+  Your history and what the bot remembers (and "forget me"):
+    curl -s http://127.0.0.1:$GATEWAY_PORT/conversations
+    curl -s "http://127.0.0.1:$GATEWAY_PORT/memories?q=Hi"
+    curl -s -X DELETE http://127.0.0.1:$GATEWAY_PORT/memories
 
   The first reply takes a few seconds longer: the responder starts from zero on it.
   Press Ctrl-C to stop everything.
