@@ -7,7 +7,16 @@ use serde_json::Value;
 use crate::common::{all_objects, every_variant, must, variant_with_component};
 
 /// What the gateway serves to clients (gateway/src/routes).
-const PUBLIC: [&str; 5] = ["/", "/chat", "/stream", "/openapi.json", "/v1/chat/completions"];
+const PUBLIC: [&str; 8] = [
+    "/",
+    "/chat",
+    "/stream",
+    "/openapi.json",
+    "/v1/chat/completions",
+    "/conversations",
+    "/conversations/00000000-0000-0000-0000-000000000000/messages",
+    "/memories",
+];
 /// What it serves to Prometheus and the kubelet only.
 const PRIVATE: [&str; 3] = ["/metrics", "/health", "/ready"];
 
