@@ -19,8 +19,9 @@ use crate::{
     state::AppState,
 };
 
-/// Longest search text accepted, in bytes (a chat message's default limit).
-const MAX_QUERY_BYTES: usize = 16 * 1024;
+/// Longest search text accepted, in characters: the embedder reads its first 256
+/// tokens anyway, and a longer one would not fit a URL (hyper answers 414).
+const MAX_QUERY_CHARS: usize = 2048;
 
 /// The query of `GET /memories`.
 #[derive(Debug, Deserialize)]
@@ -40,10 +41,10 @@ pub async fn get(
     let Query(query) = query?;
     let limit = limit(query.limit, 10, 50)?;
     let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    if q.is_some_and(|q| q.len() > MAX_QUERY_BYTES) {
+    if q.is_some_and(|q| q.chars().count() > MAX_QUERY_CHARS) {
         return Err(ApiError::bad_request(
             "invalid_query",
-            format!("q is longer than {MAX_QUERY_BYTES} bytes"),
+            format!("q is longer than {MAX_QUERY_CHARS} characters"),
         ));
     }
     let history = history(&state)?;

@@ -230,6 +230,10 @@ async fn fuzzing_the_http_api_from_its_openapi_document_finds_no_5xx_and_no_undo
             .args(["run", &format!("{gateway}/openapi.json")])
             .args(["-H", &format!("Authorization: Bearer {token}")])
             .args(["--checks", "all", "--mode", "all", "--workers", "1", "--seed", "1"])
+            // A conversation id stays the caller's after DELETE /conversations/{id}:
+            // reading it again is an empty history (200; new messages may follow) and
+            // deleting again is 202. It is not a resource that is gone (the only DELETEs).
+            .args(["--exclude-checks", "use_after_free"])
             .args(["--max-examples", "50", "--max-time", "60", "--max-response-time", "5"])
             .args(["--continue-on-failure", "--report", "har", "--report-dir"])
             .arg(reports.path())
