@@ -7,8 +7,12 @@ use serde_json::Value;
 use crate::common::{all_objects, every_variant, must, variant_with_component};
 
 /// What the gateway serves to clients (gateway/src/routes).
-const PUBLIC: [&str; 8] = [
+const PUBLIC: [&str; 12] = [
     "/",
+    "/app.js",
+    "/markdown.js",
+    "/style.css",
+    "/favicon.svg",
     "/chat",
     "/stream",
     "/openapi.json",
