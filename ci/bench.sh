@@ -45,8 +45,26 @@ pipeline() {
 # What exporting traces costs (issue 16): ingest and the reply path with export off, at
 # sampling 0.1 and at 1.0, on tansu's memory engine (the broker's own cost would
 # otherwise hide ours).
+# "Off must not move": ingest also runs a gateway built from the last commit before trace
+# export existed (BENCH_BASELINE_COMMIT), cached by commit.
+baseline_gateway() {
+  local commit="${BENCH_BASELINE_COMMIT:-e686656}" dir tree
+  dir="$CACHE_DIR/bench-baseline-gateway-$commit"
+  if [ ! -x "$dir/gateway" ]; then
+    log "building the baseline gateway at $commit (release)"
+    tree=$(mktemp -d)
+    git -C "$REPO_ROOT" worktree add --detach "$tree" "$commit" >&2
+    (cd "$tree" && cargo build --locked --release -p gateway --bin gateway) >&2
+    mkdir -p "$dir" && cp "$CARGO_TARGET_DIR/release/gateway" "$dir/gateway"
+    git -C "$REPO_ROOT" worktree remove --force "$tree" >&2
+  fi
+  echo "$dir/gateway"
+}
 tracing_cost() {
+  local baseline
+  baseline=$(baseline_gateway)
   TANSU_ENGINE=memory BENCH_ONLY=tracing BENCH_CONCURRENCY="${BENCH_CONCURRENCY:-64}" \
+    BENCH_BASELINE_GATEWAY="$baseline" BENCH_BASELINE_LABEL="off, ${BENCH_BASELINE_COMMIT:-e686656}" \
     cargo bench --locked -p gateway --bench gateway
   cargo build --locked --release -p gateway --bin gateway
   TANSU_ENGINE=memory BENCH_ONLY=tracing cargo bench --locked -p handlers --bench pipeline

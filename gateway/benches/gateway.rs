@@ -13,7 +13,9 @@
 //! Knobs: BENCH_CONCURRENCY (64,256: ingest runs at each), BENCH_SECS (10), BENCH_STREAMS (10000),
 //! KAFKA_LINGER_MS (the stack's default) for the gateway and the raw producer alike,
 //! BENCH_ONLY=ingest (only section 1), delivery (only section 3) or tracing (ingest with
-//! trace export off, sampled at 0.1 and at 1.0; BENCH_ROUNDS rounds, 3);
+//! trace export off, sampled at 0.1 and at 1.0; BENCH_ROUNDS rounds, 3; with
+//! BENCH_BASELINE_GATEWAY=<path to an older gateway binary> (BENCH_BASELINE_LABEL), that
+//! build too, export off);
 //! TANSU_ENGINE=memory (tansu's memory engine instead of SQLite, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
@@ -362,18 +364,24 @@ async fn tracing_cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64)
             ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
         ]
     };
-    let settings = [
-        ("tracing off", Vec::new()),
-        ("tracing on, sampling 0.1", on("0.1")),
-        ("tracing on, sampling 1.0", on("1.0")),
+    let this = env!("CARGO_BIN_EXE_gateway").to_string();
+    let mut settings = vec![
+        ("tracing off".to_string(), this.clone(), Vec::new()),
+        ("tracing on, sampling 0.1".to_string(), this.clone(), on("0.1")),
+        ("tracing on, sampling 1.0".to_string(), this.clone(), on("1.0")),
     ];
+    // "Off must not move": the same load on a build from before trace export existed.
+    if let Ok(baseline) = std::env::var("BENCH_BASELINE_GATEWAY") {
+        let label = std::env::var("BENCH_BASELINE_LABEL").unwrap_or_else(|_| "baseline".into());
+        settings.insert(0, (format!("{label} (no tracing code)"), baseline, Vec::new()));
+    }
     let rounds = env_or("BENCH_ROUNDS", 3);
     let mut figures: Vec<Vec<(f64, f64)>> = vec![Vec::new(); settings.len()];
     let client = reqwest::Client::new();
     for round in 1..=rounds {
-        for (i, (label, otel)) in settings.iter().enumerate() {
+        for (i, (label, binary, otel)) in settings.iter().enumerate() {
             let otel: Vec<(&str, &str)> = otel.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            let gateway = Gateway::start(kafka, &[STREAMING_GATEWAY, &otel].concat());
+            let gateway = Gateway::start_binary(binary, kafka, &[STREAMING_GATEWAY, &otel].concat());
             let (_, body) = post_chat(&client, &gateway, token, json!({"text": "warm-up"})).await;
             let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
             let spans_before = collector.spans().len();
@@ -394,10 +402,10 @@ async fn tracing_cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64)
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!("tracing cost at {concurrency} connections, median of {rounds} rounds:");
-    for ((label, _), runs) in settings.iter().zip(figures) {
+    for ((label, _, _), runs) in settings.iter().zip(figures) {
         let accepted = median(runs.iter().map(|r| r.0).collect());
         let cpu = median(runs.iter().map(|r| r.1).collect());
-        println!("  {label:<26} {accepted:>9.0}/s accepted  gateway CPU {cpu:>6.1} µs per message");
+        println!("  {label:<36} {accepted:>9.0}/s accepted  gateway CPU {cpu:>6.1} µs per message");
     }
 }
 

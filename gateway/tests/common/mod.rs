@@ -68,9 +68,14 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(kafka: &Kafka, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_binary(env!("CARGO_BIN_EXE_gateway"), kafka, extra_env)
+    }
+
+    /// A gateway from `binary` (benchmarks: an older build, to compare with).
+    pub fn start_binary(binary: &str, kafka: &Kafka, extra_env: &[(&str, &str)]) -> Self {
         let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        let mut command = Command::new(binary);
         command
             .arg("serve")
             .env_clear()
