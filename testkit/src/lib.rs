@@ -15,11 +15,13 @@ pub mod otlp;
 pub mod promql;
 
 use std::{
+    collections::BTreeSet,
     fs::File,
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -58,10 +60,19 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
     Ok(hard)
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, and never one this process was
+/// given before: the kernel may hand the port just released straight back, so two calls
+/// in a row (a service's port and its admin port) could otherwise get the same one.
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
-    Ok(listener.local_addr()?.port())
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..64 {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+        let port = listener.local_addr()?.port();
+        if GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("the kernel gave back only ports this process already used (64 tries)")
 }
 
 /// Fails unless the environment variables a service needs are set.
@@ -483,5 +494,19 @@ impl LlamaServer {
     /// The OpenAI-compatible base URL (with `/v1`).
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/v1", self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_never_repeat_within_a_process() {
+        // The kernel picks bind(0) ports at random from ~14 000 odd ones: 500 draws
+        // without the bookkeeping repeat one almost surely.
+        let ports: Vec<u16> = (0..500).map(|_| free_port().expect("a port")).collect();
+        let distinct: BTreeSet<&u16> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
     }
 }
