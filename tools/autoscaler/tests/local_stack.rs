@@ -200,11 +200,16 @@ async fn follow_a_failing_message(
     };
     let gateway_lines = lines_of("gateway");
     assert!(gateway_lines.iter().any(|l| l.contains("message accepted")), "gateway log: {gateway_lines:#?}");
-    let responder_lines = lines_of("responder");
-    assert!(
-        responder_lines.iter().any(|l| l.contains("record dead-lettered")),
-        "responder log lines with the trace id: {responder_lines:#?}"
-    );
+    // The error event is written before the dead letter (the user hears first), so the
+    // responder's "record dead-lettered" line may come a moment after the event.
+    let dead_lettered = |lines: &[String]| lines.iter().any(|l| l.contains("record dead-lettered"));
+    let mut responder_lines = lines_of("responder");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !dead_lettered(&responder_lines) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        responder_lines = lines_of("responder");
+    }
+    assert!(dead_lettered(&responder_lines), "responder log lines with the trace id: {responder_lines:#?}");
     println!(
         "walkthrough: log lines with the trace id:\n{}\n{}",
         gateway_lines.join("\n"),
