@@ -567,7 +567,7 @@ impl WithHistory {
         let model_dir = std::env::var("EMBED_MODEL_DIR").unwrap();
         let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
         let dir = tempfile::tempdir().expect("dir");
-        let memory = memory_worker(&kafka, &qdrant.url(), &model_dir, dir.path());
+        let memory = memory_worker(&kafka, &qdrant.url(), &model_dir, dir.path(), &[]);
         let gateway = Gateway::start(
             &kafka,
             &[
@@ -605,28 +605,6 @@ impl WithHistory {
         browser.wait_for(&Browser::reply_done(&message), "true").await;
         message
     }
-}
-
-/// The `memory` worker (the real binary), embedding in-process.
-fn memory_worker(kafka: &Kafka, qdrant_url: &str, model_dir: &str, dir: &std::path::Path) -> Process {
-    let binary = testkit::workspace_binary("memory").expect("the memory binary");
-    let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
-    let mut command = Command::new(binary);
-    command
-        .arg("run")
-        .env_clear()
-        .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
-        .env("QDRANT_URL", qdrant_url)
-        .env("EMBED_MODEL_DIR", model_dir)
-        .env("HANDLER_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
-        .env("LOG_FORMAT", "text");
-    let mut process =
-        Process::spawn("memory", command, dir.join("memory.log"), Signal::SIGTERM).expect("spawn");
-    process
-        .wait_until(Duration::from_secs(60), || http_status(port, "/ready") == Some(200))
-        .expect("memory ready");
-    process
 }
 
 /// The texts of the turns shown, in order.

@@ -3,10 +3,7 @@
 //! search, other users' 404s, bad input, Qdrant being unreachable, and deletion that
 //! stays final while turns are still in flight through Kafka.
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use memory_store::{
     embed::{Embedder, EmbedderSettings},
@@ -21,11 +18,11 @@ use qdrant_client::{
     Qdrant,
 };
 use serde_json::{json, Value};
-use testkit::{free_port, http_status, kafka::Kafka, Process, QdrantServer, Signal};
+use testkit::{free_port, kafka::Kafka, QdrantServer};
 use uuid::Uuid;
 
 use crate::{
-    common::{post_chat, reply_bodies, token, FakeResponder, Gateway},
+    common::{memory_worker, post_chat, reply_bodies, token, FakeResponder, Gateway},
     helpers::stored_messages,
 };
 
@@ -279,30 +276,6 @@ async fn history_pages_searches_and_shows_each_user_only_their_own() {
     );
 }
 
-/// A `memory` worker process (the real binary), embedding in-process.
-fn memory_worker(kafka: &Kafka, qdrant_url: &str, dir: &std::path::Path) -> Process {
-    let binary = testkit::workspace_binary("memory").expect("the memory binary");
-    let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
-    let mut command = Command::new(binary);
-    command
-        .arg("run")
-        .env_clear()
-        .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
-        .env("QDRANT_URL", qdrant_url)
-        .env("EMBED_MODEL_DIR", model_dir())
-        .env("HANDLER_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
-        .env("HANDLER_RETRY_BASE_MS", "50")
-        .env("HANDLER_RETRY_MAX_MS", "500")
-        .env("LOG_FORMAT", "text");
-    let mut process =
-        Process::spawn("memory", command, dir.join("memory.log"), Signal::SIGTERM).expect("spawn");
-    process
-        .wait_until(Duration::from_secs(60), || http_status(port, "/ready") == Some(200))
-        .expect("memory ready");
-    process
-}
-
 /// The points Qdrant itself holds for a user (and conversation), read directly.
 async fn raw_points(qdrant: &Qdrant, user: &str, conversation: Option<Uuid>) -> Vec<String> {
     let mut conditions = vec![Condition::matches("user_id", user.to_string())];
@@ -346,7 +319,13 @@ async fn shown(client: &reqwest::Client, gateway: &Gateway, alice: &str, chat: U
 async fn deletion_is_final_even_for_turns_still_in_flight() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (kafka, qdrant) = (Kafka::start(2).await, QdrantServer::start().expect("qdrant"));
-    let _worker = memory_worker(&kafka, &qdrant.url(), dir.path());
+    let _worker = memory_worker(
+        &kafka,
+        &qdrant.url(),
+        &model_dir(),
+        dir.path(),
+        &[("HANDLER_RETRY_BASE_MS", "50"), ("HANDLER_RETRY_MAX_MS", "500")],
+    );
     let gateway = gateway(&kafka, &qdrant.url());
     let raw = Qdrant::from_url(&qdrant.url()).build().expect("qdrant client");
     let client = reqwest::Client::new();

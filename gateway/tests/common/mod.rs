@@ -169,3 +169,34 @@ pub fn accepted_message(body: &serde_json::Value, user: &str) -> UserMessage {
     message.message_id = body["message_id"].as_str().and_then(|s| s.parse().ok()).expect("message_id");
     message
 }
+
+/// A `memory` worker (the real binary) on `kafka` and `qdrant_url`, embedding in-process
+/// with the model in `model_dir`, logging to `dir`; `extra_env` on top. Ready when it
+/// returns.
+pub fn memory_worker(
+    kafka: &Kafka,
+    qdrant_url: &str,
+    model_dir: &str,
+    dir: &std::path::Path,
+    extra_env: &[(&str, &str)],
+) -> Process {
+    let binary = testkit::workspace_binary("memory").expect("the memory binary");
+    let (port, metrics_port) = (free_port().expect("port"), free_port().expect("port"));
+    let mut command = Command::new(binary);
+    command
+        .arg("run")
+        .env_clear()
+        .env("KAFKA_BOOTSTRAP_SERVERS", kafka.broker.bootstrap_servers())
+        .env("QDRANT_URL", qdrant_url)
+        .env("EMBED_MODEL_DIR", model_dir)
+        .env("HANDLER_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("METRICS_LISTEN_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("LOG_FORMAT", "text")
+        .envs(extra_env.iter().copied());
+    let mut process =
+        Process::spawn("memory", command, dir.join("memory.log"), Signal::SIGTERM).expect("spawn");
+    process
+        .wait_until(Duration::from_secs(60), || http_status(port, "/ready") == Some(200))
+        .expect("memory ready");
+    process
+}
