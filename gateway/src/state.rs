@@ -10,7 +10,12 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 
 use crate::{
-    auth::Authenticator, history::History, hub::Hub, idempotency::IdempotencyCache, intake::Intake,
+    auth::Authenticator,
+    error::ApiError,
+    history::{not_configured, History},
+    hub::Hub,
+    idempotency::IdempotencyCache,
+    intake::Intake,
     settings::GatewaySettings,
 };
 
@@ -57,6 +62,13 @@ impl AppState {
             heartbeat: settings.heartbeat,
             history: history.map(Arc::new),
         }
+    }
+}
+
+impl AppState {
+    /// The history store, or the 503 the history and memory routes answer without one.
+    pub fn history(&self) -> Result<&History, ApiError> {
+        self.history.as_deref().ok_or_else(not_configured)
     }
 }
 

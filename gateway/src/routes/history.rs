@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::{
     auth::User,
     error::ApiError,
-    history::{limit, not_configured, rfc3339, History},
+    history::{limit, rfc3339},
     state::AppState,
 };
 
@@ -44,7 +44,7 @@ pub async fn list(
     let Query(query) = query?;
     let limit = limit(query.limit, 20, 100)?;
     let after = query.cursor.as_deref().map(ConversationCursor::parse).transpose()?;
-    let history = history(&state)?;
+    let history = state.history()?;
     let mut summaries = summarize(history.user_turns(&user.id).await?);
     summaries.sort_by_key(|s| std::cmp::Reverse(s.key()));
     let mut page: Vec<Summary> =
@@ -83,7 +83,7 @@ pub async fn messages(
     let Query(query) = query?;
     let limit = limit(query.limit, 100, 500)?;
     let after = query.cursor.as_deref().map(MessageCursor::parse).transpose()?;
-    let history = history(&state)?;
+    let history = state.history()?;
     let turns = history.conversation(&user.id, conversation_id).await?;
     let mut page: Vec<&Memory> =
         turns.iter().filter(|m| after.is_none_or(|c| MessageCursor::of(m) > c)).take(limit + 1).collect();
@@ -122,15 +122,11 @@ pub async fn delete(
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let conversation_id = owned(&state, &user, id)?;
-    let deletion = history(&state)?.forget(&user.id, Some(conversation_id)).await?;
+    let deletion = state.history()?.forget(&user.id, Some(conversation_id)).await?;
     state.hub.drop_conversation(conversation_id, &user.id);
     tracing::info!(%conversation_id, deletion_id = %deletion.deletion_id, "conversation deleted");
     let body = json!({ "deletion_id": deletion.deletion_id, "conversation_id": conversation_id });
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-fn history(state: &AppState) -> Result<&History, ApiError> {
-    state.history.as_deref().ok_or_else(not_configured)
 }
 
 /// The conversation id of the path, if it is the caller's (else 404, as unknown).

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::{
     auth::User,
     error::ApiError,
-    history::{limit, not_configured, rfc3339, History},
+    history::{limit, rfc3339},
     state::AppState,
 };
 
@@ -47,7 +47,7 @@ pub async fn get(
             format!("q is longer than {MAX_QUERY_CHARS} characters"),
         ));
     }
-    let history = history(&state)?;
+    let history = state.history()?;
     let memories: Vec<Value> = match q {
         Some(q) => history
             .search(&user.id, q, limit as u64)
@@ -62,13 +62,9 @@ pub async fn get(
 
 /// `DELETE /memories`: 202 once the deletion is recorded and the stored turns are gone.
 pub async fn delete(State(state): State<AppState>, user: User) -> Result<Response, ApiError> {
-    let deletion = history(&state)?.forget(&user.id, None).await?;
+    let deletion = state.history()?.forget(&user.id, None).await?;
     tracing::info!(deletion_id = %deletion.deletion_id, "every memory of the user deleted");
     Ok((StatusCode::ACCEPTED, Json(json!({ "deletion_id": deletion.deletion_id }))).into_response())
-}
-
-fn history(state: &AppState) -> Result<&History, ApiError> {
-    state.history.as_deref().ok_or_else(not_configured)
 }
 
 fn view(m: &Memory, score: Option<f32>) -> Value {
