@@ -15,11 +15,15 @@
 //! BENCH_ONLY=ingest (only section 1), delivery (only section 3) or tracing (ingest with
 //! trace export off, sampled at 0.1 and at 1.0; BENCH_ROUNDS rounds, 3; with
 //! BENCH_BASELINE_GATEWAY=<path to an older gateway binary> (BENCH_BASELINE_LABEL), that
-//! build too, export off);
+//! build too, export off) or cost (ingest's CPU per message against its two floors,
+//! support/floors.rs; BENCH_ROUNDS rounds, 3; with BENCH_GATEWAYS=label=path,… those
+//! gateway builds too);
 //! TANSU_ENGINE=memory (tansu's memory engine instead of SQLite, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/floors.rs"]
+mod floors;
 
 use std::{
     sync::{
@@ -46,6 +50,12 @@ const STREAMING_GATEWAY: &[(&str, &str)] = &[("RATE_LIMIT_PER_MINUTE", "0"), ("S
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The middle value (the upper one of an even count; NaN for none).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -153,6 +163,9 @@ async fn open_stream(
 
 #[tokio::main]
 async fn main() {
+    if floors::serve_http_floor_if_asked().await {
+        return;
+    }
     let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
         .unwrap_or_else(|_| "64,256".into())
         .split(',')
@@ -177,9 +190,16 @@ async fn main() {
     let token = token("bench");
     let only = std::env::var("BENCH_ONLY").ok().filter(|o| !o.is_empty());
     assert!(
-        matches!(only.as_deref(), None | Some("ingest" | "delivery" | "tracing")),
-        "BENCH_ONLY for the gateway benchmark is ingest, delivery or tracing, not {only:?}"
+        matches!(only.as_deref(), None | Some("ingest" | "delivery" | "tracing" | "cost")),
+        "BENCH_ONLY for the gateway benchmark is ingest, delivery, tracing or cost, not {only:?}"
     );
+    if only.as_deref() == Some("cost") {
+        drop(gateway);
+        for &concurrency in &concurrencies {
+            cost(&kafka, &token, concurrency, secs).await;
+        }
+        return;
+    }
     if only.as_deref() == Some("tracing") {
         drop(gateway);
         for &concurrency in &concurrencies {
@@ -280,22 +300,35 @@ async fn ingest(
     let raw_rate = report(&format!("raw producer, {concurrency} in flight"), secs, &raw_run);
     CpuUse::read(pid, broker).print_since(&before, secs, raw_run.0);
     println!("gateway / raw producer at {concurrency}: {:.2}", gateway_rate / raw_rate.max(1.0));
-    ingest_with_wrk(gateway, broker, token, &conversation, concurrency, secs);
+    ingest_with_wrk(&url, pid, broker, token, &conversation, concurrency, secs);
     println!("gateway RSS after ingest: {:.1} MB", rss_mb(pid));
 }
 
+/// One run of `wrk` against `POST /chat`.
+#[derive(Clone, Copy)]
+struct WrkRun {
+    /// 202s per second.
+    accepted: f64,
+    /// Latency percentiles, ms.
+    p50_ms: f64,
+    p99_ms: f64,
+    /// The server's CPU per accepted message, µs.
+    cpu_us: f64,
+}
+
 /// Section 1 again, driven by `wrk` when it is installed (`ci/bench.sh` installs it): a load
-/// generator written in C that leaves more of the two shared cores to the gateway than
-/// this process's HTTP client does, so the gateway's own ceiling shows.
-/// Returns the accepted messages per second and the gateway's CPU µs per message.
+/// generator written in C that leaves more of the two shared cores to the server than
+/// this process's HTTP client does, so the server's own ceiling shows. `url` is served by
+/// process `pid` (a gateway, or the HTTP floor).
 fn ingest_with_wrk(
-    gateway: &Gateway,
+    url: &str,
+    pid: u32,
     broker: u32,
     token: &str,
     conversation: &str,
     concurrency: usize,
     secs: u64,
-) -> Option<(f64, f64)> {
+) -> Option<WrkRun> {
     let Some(wrk) = testkit::which("wrk") else {
         println!("(wrk is not installed: no run driven by it)");
         return None;
@@ -312,17 +345,17 @@ fn ingest_with_wrk(
         ),
     )
     .expect("wrk script");
-    let before = CpuUse::read(gateway.process.pid(), broker);
+    let before = CpuUse::read(pid, broker);
     let wrk_before = testkit::children_cpu_secs();
     let output = std::process::Command::new(wrk)
         .args(["-t1", &format!("-c{concurrency}"), &format!("-d{secs}s"), "--latency", "-s"])
         .arg(&script)
-        .arg(gateway.url("/chat"))
+        .arg(url)
         .output()
         .expect("wrk runs");
     let wrk_cpu = testkit::children_cpu_secs() - wrk_before;
     // The load generator's column holds wrk's CPU (this process is idle meanwhile).
-    let after = CpuUse { bench: before.bench + wrk_cpu, ..CpuUse::read(gateway.process.pid(), broker) };
+    let after = CpuUse { bench: before.bench + wrk_cpu, ..CpuUse::read(pid, broker) };
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "wrk failed: {text}{}", String::from_utf8_lossy(&output.stderr));
     // wrk prints "Requests/sec: N", the latency distribution ("50% 1.23ms") and, only
@@ -346,7 +379,22 @@ fn ingest_with_wrk(
     );
     let records = (accepted * secs as f64) as usize;
     after.print_since(&before, secs, records);
-    Some((accepted, 1e6 * (after.gateway - before.gateway) / records.max(1) as f64))
+    Some(WrkRun {
+        accepted,
+        p50_ms: wrk_ms(&field("50%")),
+        p99_ms: wrk_ms(&field("99%")),
+        cpu_us: 1e6 * (after.gateway - before.gateway) / records.max(1) as f64,
+    })
+}
+
+/// A duration as `wrk` prints it ("812.00us", "1.23ms", "1.01s"), in ms (NaN if unknown).
+fn wrk_ms(text: &str) -> f64 {
+    let number = |suffix: &str| text.strip_suffix(suffix).and_then(|v| v.parse::<f64>().ok());
+    number("us")
+        .map(|v| v / 1e3)
+        .or_else(|| number("ms"))
+        .or_else(|| number("s").map(|v| v * 1e3))
+        .unwrap_or(f64::NAN)
 }
 
 /// Section 6 (`BENCH_ONLY=tracing`): what exporting traces costs ingest. Fresh gateways
@@ -386,7 +434,16 @@ async fn tracing_cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64)
             let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
             let spans_before = collector.spans().len();
             println!("round {round}, {label}:");
-            let run = ingest_with_wrk(&gateway, kafka.broker.pid(), token, &conversation, concurrency, secs);
+            let run = ingest_with_wrk(
+                &gateway.url("/chat"),
+                gateway.process.pid(),
+                kafka.broker.pid(),
+                token,
+                &conversation,
+                concurrency,
+                secs,
+            )
+            .map(|run| (run.accepted, run.cpu_us));
             drop(gateway);
             // The gateway flushes its queue at exit: what arrived is what was exported.
             println!(
@@ -397,15 +454,110 @@ async fn tracing_cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64)
             figures[i].extend(run);
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-    };
     println!("tracing cost at {concurrency} connections, median of {rounds} rounds:");
     for ((label, _, _), runs) in settings.iter().zip(figures) {
         let accepted = median(runs.iter().map(|r| r.0).collect());
         let cpu = median(runs.iter().map(|r| r.1).collect());
         println!("  {label:<36} {accepted:>9.0}/s accepted  gateway CPU {cpu:>6.1} µs per message");
+    }
+}
+
+/// Section 7 (`BENCH_ONLY=cost`): the gateway's CPU per accepted message against its two
+/// floors (support/floors.rs), all driven like the gateway (`wrk`, `concurrency`
+/// connections or writes in flight), in turn for `BENCH_ROUNDS` rounds (3), each server
+/// fresh. With `BENCH_GATEWAYS=label=path,…`, those gateway builds run in every round
+/// too: a lever is measured on its own as the build with it against the build without.
+/// Prints each run, then the medians and each gateway's overhead over the floors.
+async fn cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64) {
+    let mut gateways = vec![("this build".to_string(), env!("CARGO_BIN_EXE_gateway").to_string())];
+    for item in
+        std::env::var("BENCH_GATEWAYS").unwrap_or_default().split(',').filter(|i| !i.trim().is_empty())
+    {
+        let (label, path) = item.split_once('=').expect("BENCH_GATEWAYS: label=path,…");
+        gateways.push((label.trim().to_string(), path.trim().to_string()));
+    }
+    let broker = kafka.broker.pid();
+    let rounds = env_or("BENCH_ROUNDS", 3);
+    let client = reqwest::Client::new();
+    let (mut http, mut bare) = (Vec::new(), Vec::new());
+    let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); gateways.len()];
+    for round in 1..=rounds {
+        println!("round {round}, HTTP floor:");
+        let floor = floors::HttpFloor::start();
+        let any_id = Uuid::new_v4().to_string();
+        http.extend(ingest_with_wrk(
+            &floor.url,
+            floor.process.pid(),
+            broker,
+            token,
+            &any_id,
+            concurrency,
+            secs,
+        ));
+        drop(floor);
+        let run = floors::kafka_floor(kafka, concurrency, secs).await;
+        println!(
+            "round {round}, Kafka floor:\n{:<28} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU per record: producer {:>5.1} µs, broker {:>5.1} µs",
+            format!("bare producer, {concurrency} in flight"),
+            run.rate,
+            run.p50_ms,
+            run.p99_ms,
+            run.cpu_us,
+            run.broker_us,
+        );
+        bare.push(run);
+        for (i, (label, binary)) in gateways.iter().enumerate() {
+            let gateway = Gateway::start_binary(binary, kafka, STREAMING_GATEWAY);
+            let (_, body) = post_chat(&client, &gateway, token, json!({"text": "warm-up"})).await;
+            let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
+            println!("round {round}, gateway ({label}):");
+            let url = gateway.url("/chat");
+            runs[i].extend(ingest_with_wrk(
+                &url,
+                gateway.process.pid(),
+                broker,
+                token,
+                &conversation,
+                concurrency,
+                secs,
+            ));
+        }
+    }
+    let of = |runs: &[WrkRun], f: fn(&WrkRun) -> f64| median(runs.iter().map(f).collect());
+    let (http_us, kafka_us) = (of(&http, |r| r.cpu_us), median(bare.iter().map(|r| r.cpu_us).collect()));
+    println!("cost per accepted message at {concurrency} connections, median of {rounds} rounds:");
+    let line = |label: &str, rate: f64, p50: f64, p99: f64, cpu: f64| {
+        println!("  {label:<44} {rate:>9.0}/s  p50 {p50:>6.2} ms  p99 {p99:>6.2} ms  CPU {cpu:>6.1} µs per message")
+    };
+    line(
+        "HTTP floor (202 from a trivial route)",
+        of(&http, |r| r.accepted),
+        of(&http, |r| r.p50_ms),
+        of(&http, |r| r.p99_ms),
+        http_us,
+    );
+    line(
+        "Kafka floor (bare producer)",
+        median(bare.iter().map(|r| r.rate).collect()),
+        median(bare.iter().map(|r| r.p50_ms).collect()),
+        median(bare.iter().map(|r| r.p99_ms).collect()),
+        kafka_us,
+    );
+    println!("  {:<44} {:>6.1} µs per message", "the two floors together", http_us + kafka_us);
+    for ((label, _), runs) in gateways.iter().zip(&runs) {
+        let cpu = of(runs, |r| r.cpu_us);
+        line(
+            &format!("gateway ({label})"),
+            of(runs, |r| r.accepted),
+            of(runs, |r| r.p50_ms),
+            of(runs, |r| r.p99_ms),
+            cpu,
+        );
+        println!(
+            "  {:<44} {:>6.1} µs per message",
+            format!("gateway ({label}) over the floors"),
+            cpu - http_us - kafka_us
+        );
     }
 }
 
