@@ -215,8 +215,19 @@ cmd_run_chat() {
   # this CPU's quantised kernels resolve to French nonsense. Plain ChatML answers
   # "The capital of France is Paris."; requests that bring a system message get the
   # same prompt either way.
+  #
+  # Slots (-np, LLAMA_CHAT_SLOTS): requests decoded together (continuous batching); one
+  # slot made every reply wait for the one before it. -c is split evenly between the
+  # slots (n_ctx_slot in the log), so it is sized per slot: LLAMA_CHAT_SLOT_CTX, 2048
+  # tokens as the single slot had, for the responder's prompt (system prompt, up to 4
+  # memories and 6 turns of at most 600 characters each: ~1.6k tokens, plus the new
+  # message) and its reply. A longer prompt is refused, as before.
+  # LLAMA_CHAT_ARGS: more llama-server flags (experiments: ci/bench.sh llm-slots).
+  local slots="${LLAMA_CHAT_SLOTS:-4}" slot_ctx="${LLAMA_CHAT_SLOT_CTX:-2048}"
+  # shellcheck disable=SC2086 # LLAMA_CHAT_ARGS is a list of flags
   exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$CHAT_MODEL_GGUF" \
-    --alias smollm2 --chat-template chatml -c 2048 -np 1 -t "$THREADS" --no-webui
+    --alias smollm2 --chat-template chatml -c $((slots * slot_ctx)) -np "$slots" \
+    -t "${LLAMA_CHAT_THREADS:-$THREADS}" --no-webui ${LLAMA_CHAT_ARGS:-}
 }
 
 cmd_run_embed() {
