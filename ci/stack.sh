@@ -86,9 +86,18 @@ fi
 # llama.sh also provides the MiniLM weights the handlers embed with (EMBED_MODEL_DIR).
 use_env ci/deps/llama.sh ensure
 if [ -z "${LLM_BASE_URL:-}" ]; then
+  # SmolLM2 on this machine's CPU: LLAMA_CHAT_SLOTS replies decoded together
+  # (ci/deps/llama.sh) on LLAMA_CHAT_THREADS threads; docs/PERFORMANCE.md ("The local
+  # LLM") has the measurements behind both defaults.
+  export LLAMA_CHAT_SLOTS="${LLAMA_CHAT_SLOTS:-4}" LLAMA_CHAT_THREADS="${LLAMA_CHAT_THREADS:-1}"
   start llm "$LLM_PORT" ci/deps/llama.sh run-chat "$LLM_PORT"
   wait_http "http://127.0.0.1:$LLM_PORT/health" 60
   export LLM_BASE_URL="http://127.0.0.1:$LLM_PORT/v1" LLM_MODEL=smollm2
+  # A reply holds its slot while it is generated: the binary's 512 tokens (sized for a
+  # GPU server) would keep a slot for many seconds here and every later message waiting
+  # behind it. 32 is one or two sentences of SmolLM2 (the README's load test asks for one).
+  export LLM_MAX_TOKENS="${LLM_MAX_TOKENS:-32}"
+  llm_slots=$LLAMA_CHAT_SLOTS
 fi
 
 # Prometheus (PROMETHEUS=0 leaves it out) scrapes the gateway, the handler replicas
@@ -165,9 +174,30 @@ METRICS_LISTEN_ADDR="127.0.0.1:$GATEWAY_METRICS_PORT" start gateway "$GATEWAY_PO
 # "--cooldown-secs 30 --scale-down-window-secs 10". Replicas drain within 8 s of
 # SIGTERM, so Ctrl-C stops them inside this script's 15 s.
 export HANDLER_SHUTDOWN_GRACE_SECS="${HANDLER_SHUTDOWN_GRACE_SECS:-8}"
+# Replies in flight are the responder's HANDLER_CONCURRENCY x its replicas. Past the
+# LLM's slots they only wait inside the LLM (and each scale step rebalances the group),
+# so with the local LLM the autoscaler reads a copy of keda/ in which the responder
+# scales to slots / RESPONDER_CONCURRENCY replicas, one per RESPONDER_CONCURRENCY
+# messages of lag: the rule keda/responder.yaml states for a cluster. The memory worker
+# keeps its own HANDLER_CONCURRENCY (32, its embedding batch).
+keda_dir=keda responder_bin="$CARGO_TARGET_DIR/debug/responder"
+if [ -n "${llm_slots:-}" ]; then
+  responder_concurrency="${RESPONDER_CONCURRENCY:-2}"
+  responder_max="${RESPONDER_MAX_REPLICAS:-$(((llm_slots + responder_concurrency - 1) / responder_concurrency))}"
+  keda_dir="$STACK_DIR/keda"
+  rm -rf "$keda_dir" && mkdir -p "$keda_dir" "$STACK_DIR/bin"
+  cp keda/*.yaml "$keda_dir/"
+  sed -i -e "s/^  maxReplicaCount: .*/  maxReplicaCount: $responder_max/" \
+    -e "s/lagThreshold: \"[0-9]*\"/lagThreshold: \"$responder_concurrency\"/" "$keda_dir/responder.yaml"
+  responder_bin="$STACK_DIR/bin/responder"
+  printf '#!/bin/sh\nHANDLER_CONCURRENCY=%s exec "%s" "$@"\n' "$responder_concurrency" \
+    "$CARGO_TARGET_DIR/debug/responder" >"$responder_bin"
+  chmod +x "$responder_bin"
+  log "responder: $responder_max replicas x HANDLER_CONCURRENCY $responder_concurrency for the LLM's $llm_slots slots"
+fi
 # shellcheck disable=SC2086 # AUTOSCALER_FLAGS is a list of flags
-start autoscaler "$AUTOSCALER_PORT" "$CARGO_TARGET_DIR/debug/autoscaler" --keda-dir keda \
-  --handler "responder=$CARGO_TARGET_DIR/debug/responder" --handler "memory=$CARGO_TARGET_DIR/debug/memory" \
+start autoscaler "$AUTOSCALER_PORT" "$CARGO_TARGET_DIR/debug/autoscaler" --keda-dir "$keda_dir" \
+  --handler "responder=$responder_bin" --handler "memory=$CARGO_TARGET_DIR/debug/memory" \
   --listen "127.0.0.1:$AUTOSCALER_PORT" --log-dir "$STACK_DIR/logs" --grace-secs 10 "${autoscaler_targets[@]}" \
   ${AUTOSCALER_FLAGS:-}
 wait_http "http://127.0.0.1:$GATEWAY_PORT/ready" 60
@@ -186,7 +216,7 @@ if [ -n "${qdrant_rest_url:-}" ]; then
   echo "    Qdrant (REST)         $qdrant_rest_url/collections   (a user's stored turns: README, Troubleshooting)"
 fi
 cat <<MSG
-    LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL
+    LLM (chat)            $LLM_BASE_URL   model $LLM_MODEL${llm_slots:+, $llm_slots slots}
     local autoscaler      http://127.0.0.1:$AUTOSCALER_PORT/status   (stands in for KEDA; handlers start on lag)
 MSG
 if [ "${PROMETHEUS:-1}" != 0 ]; then
