@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
-#   ci/bench.sh [gateway|handlers|pipeline|tracing|all]
+#   ci/bench.sh [gateway|handlers|pipeline|tracing|llm-slots|loadtest|all]
 # Everything runs on tansu's SQLite engine (the stack's broker); gateway ingest and the
 # pipeline's latency run a second time on tansu's memory engine, a broker without
 # SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
@@ -19,10 +19,15 @@ use_env ci/deps/tansu.sh ensure
 TANSU_ENGINE=memory ci/deps/tansu.sh ensure >/dev/null
 use_env ci/deps/llama.sh ensure
 # A release build of the Qdrant engine server: a debug one would count its own slowness
-# as the responder's recall time.
-log "building qdrant-dev-server (release; a cold build takes ~15 min)"
-cargo build --locked --release -p qdrant-dev-server
-export QDRANT_DEV_SERVER_BIN="$CARGO_TARGET_DIR/release/qdrant-dev-server"
+# as the responder's recall time. (The local-LLM parts run ci/stack.sh's own processes.)
+case "${1:-all}" in
+  llm-slots | loadtest) ;;
+  *)
+    log "building qdrant-dev-server (release; a cold build takes ~15 min)"
+    cargo build --locked --release -p qdrant-dev-server
+    export QDRANT_DEV_SERVER_BIN="$CARGO_TARGET_DIR/release/qdrant-dev-server"
+    ;;
+esac
 # Each idle SSE stream is a socket in this process and one in the gateway.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 gateway() {
@@ -69,11 +74,101 @@ tracing_cost() {
   cargo build --locked --release -p gateway --bin gateway
   TANSU_ENGINE=memory BENCH_ONLY=tracing cargo bench --locked -p handlers --bench pipeline
 }
+# Issue 18, part 3: the local LLM behind the README's load test.
+# llm_slots: llama-server's throughput and time to first token by slots (-np) and threads
+# (-t) for the responder's prompt (ci/llm_slots.py), each setting alone on the machine.
+# Knobs: BENCH_LLM_SLOTS ("1 2 4 8"), BENCH_LLM_THREADS ("1 2"), BENCH_LLM_REQUESTS (24),
+# BENCH_LLM_MAX_TOKENS (the stack's default, 32).
+llm_slots() {
+  local port=${BENCH_LLM_PORT:-8089} slots threads pid log
+  log=$(mktemp)
+  for threads in ${BENCH_LLM_THREADS:-1 2}; do
+    for slots in ${BENCH_LLM_SLOTS:-1 2 4 8}; do
+      LLAMA_CHAT_THREADS=$threads LLAMA_CHAT_SLOTS=$slots ci/deps/llama.sh run-chat "$port" >"$log" 2>&1 &
+      pid=$!
+      wait_http "http://127.0.0.1:$port/health" 60
+      grep -m1 -o 'n_ctx_slot = [0-9]*' "$log" >&2 || true
+      timeout 600 python3 ci/llm_slots.py --url "http://127.0.0.1:$port" --concurrency "$slots" \
+        --requests "${BENCH_LLM_REQUESTS:-24}" --max-tokens "${BENCH_LLM_MAX_TOKENS:-32}" \
+        --label "llm-slots: -np $slots -t $threads" || true
+      kill -TERM "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    done
+  done
+  rm -f "$log"
+}
+# loadtest: the README's load test (ci/stack.sh with its defaults, then `loadtest` at its
+# load); writes report.json and the plots into BENCH_LOADTEST_OUT (.stack/bench/loadtest),
+# from which docs/loadtest/ is copied. The stack runs from a fresh data directory, so no
+# memories of an earlier run lengthen the prompts. Every wait is bounded.
+# `ci/bench.sh loadtest` runs llm_slots first (BENCH_ONLY=loadtest: the load test alone).
+# llm_figures LABEL SED-PATTERN LOG: count, min, p50, p90 and max of the numbers the
+# pattern captures in the log's lines.
+llm_figures() {
+  sed -n "s#.*$2#\1#p" "$3" | sort -n | awk -v label="$1" '{a[NR] = $1}
+    END {if (NR) printf "llm %s: n %d, min %d, p50 %d, p90 %d, max %d\n", label, NR, a[1], a[int((NR + 1) / 2)], a[int(NR * 0.9 + 0.5)], a[NR]}'
+}
+stack='' top=''
+loadtest() {
+  local dir="$REPO_ROOT/.stack/bench" out="${BENCH_LOADTEST_OUT:-$REPO_ROOT/.stack/bench/loadtest}"
+  local rc=0 deadline
+  # CHATSTACK_PREBUILT=1: run the binaries already in $CARGO_TARGET_DIR/debug as they are.
+  [ "${CHATSTACK_PREBUILT:-}" = 1 ] || cargo build --locked --workspace --bins
+  rm -rf "$dir" && mkdir -p "$dir"
+  STACK_DIR="$dir" CHATSTACK_PREBUILT=1 \
+    AUTOSCALER_FLAGS="${AUTOSCALER_FLAGS:---cooldown-secs 30 --scale-down-window-secs 15}" \
+    ci/stack.sh >"$dir/stack.out" 2>&1 &
+  stack=$!
+  # However this ends (a failure, a timeout's SIGTERM), the stack goes down with it.
+  trap 'stop_stack' EXIT
+  trap 'exit 143' TERM
+  # The stack prints its banner once the gateway and the autoscaler answer.
+  deadline=$((SECONDS + 300))
+  until grep -q 'The chat stack is up' "$dir/stack.out" 2>/dev/null; do
+    kill -0 "$stack" 2>/dev/null || { cat "$dir/stack.out" >&2; die "ci/stack.sh exited"; }
+    [ $SECONDS -lt $deadline ] || { kill -TERM "$stack"; die "ci/stack.sh not up after 300 s"; }
+    sleep 1
+  done
+  grep -E 'n_ctx_slot|n_threads' "$dir/logs/llm.log" | head -3 || true
+  grep -E 'llm|responder:' "$dir/stack.out" | grep -v started || true
+  top -b -d 5 >"$dir/top.txt" &
+  top=$!
+  timeout 900 "$CARGO_TARGET_DIR/debug/loadtest" --url http://127.0.0.1:8000 \
+    --conversations "${BENCH_CONVERSATIONS:-12}" --rate "${BENCH_RATE:-1.5}" --duration "${BENCH_DURATION:-30}" \
+    --kafka 127.0.0.1:9092 --autoscaler-url http://127.0.0.1:9100 --drain-secs 300 --tail-secs 150 \
+    --out "$out" || rc=$?
+  kill "$top" 2>/dev/null || true
+  # What the LLM did, from llama-server's log: per request, the prompt tokens it evaluated
+  # (past the slot's cached prefix), its decode speed, and the context used at the end.
+  llm_figures "prompt tokens evaluated" 'prompt eval time = .* / *\([0-9]*\) tokens.*' "$dir/logs/llm.log"
+  llm_figures "prompt eval tokens/s" 'prompt eval time = .* ( *[0-9.]* ms per token, *\([0-9]*\)\..*' "$dir/logs/llm.log"
+  llm_figures "decode ms/token (per slot)" '| *eval time = .* ( *\([0-9]*\)\.[0-9]* ms per token.*' "$dir/logs/llm.log"
+  llm_figures "context tokens used" 'stop processing: n_tokens = \([0-9]*\).*' "$dir/logs/llm.log"
+  # CPU seconds per process of the stack over the run (top's samples every 5 s).
+  awk '$1 ~ /^[0-9]+$/ && NF >= 12 {cpu[$12] += $9 * 5 / 100} END {for (c in cpu) printf "cpu %-16s %6.1f s\n", c, cpu[c]}' \
+    "$dir/top.txt" | sort -k3 -rn | head -8
+  stop_stack
+  trap - EXIT TERM
+  [ "$rc" = 0 ] || die "loadtest exited with $rc"
+}
+# stop_stack: SIGTERM to ci/stack.sh, which gives each of its processes up to 15 s.
+stop_stack() {
+  local deadline=$((SECONDS + 120))
+  kill "$top" 2>/dev/null || true
+  kill -TERM "$stack" 2>/dev/null || return 0
+  while kill -0 "$stack" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 1; done
+  if kill -0 "$stack" 2>/dev/null; then log "ci/stack.sh still running after 120 s (pid $stack)"; fi
+}
 case "${1:-all}" in
   gateway) gateway ;;
   tracing) tracing_cost ;;
   handlers) cargo bench --locked -p handlers --bench handlers ;;
   pipeline) pipeline ;;
+  llm-slots) llm_slots ;;
+  loadtest)
+    [ "${BENCH_ONLY:-}" = loadtest ] || llm_slots
+    loadtest
+    ;;
   # One after another, not `a && b`: inside an && list bash ignores `set -e`, so a
   # failing benchmark would not stop the function it runs in.
   all)
@@ -81,5 +176,5 @@ case "${1:-all}" in
     cargo bench --locked -p handlers --bench handlers
     pipeline
     ;;
-  *) die "usage: $0 [gateway|handlers|pipeline|tracing|all]" ;;
+  *) die "usage: $0 [gateway|handlers|pipeline|tracing|llm-slots|loadtest|all]" ;;
 esac
