@@ -7,12 +7,12 @@ use anyhow::Context;
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, DTYPE};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer};
 
-use super::EmbedError;
-
-/// The model was trained on sequences of at most 256 word pieces.
-const MAX_TOKENS: usize = 256;
+use super::{
+    tokens::{self, Padded},
+    EmbedError,
+};
 
 /// A loaded sentence-embedding model.
 pub struct LocalEmbedder {
@@ -30,18 +30,7 @@ impl LocalEmbedder {
                 .with_context(|| format!("reading {}", config_path.display()))?,
         )
         .with_context(|| format!("parsing {}", config_path.display()))?;
-        let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
-            .map_err(|e| anyhow::anyhow!("loading {}: {e}", tokenizer_path.display()))?;
-        // The file pins padding and truncation to 128; batches pad to their longest text
-        // and texts are cut at the model's training length instead.
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
-        tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
-            .map_err(|e| anyhow::anyhow!("tokenizer truncation: {e}"))?;
+        let tokenizer = tokens::load_tokenizer(dir)?;
         let device = Device::Cpu;
         let weights = dir.join("model.safetensors");
         if !weights.is_file() {
@@ -60,26 +49,33 @@ impl LocalEmbedder {
         384
     }
 
-    /// Embeds a batch of texts (blocking; run it off the async threads).
-    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        self.forward(texts).map_err(|e| EmbedError::Failed(format!("{e:#}")))
+    /// Word pieces of `text` as the model sees it ([CLS] and [SEP] included, truncated).
+    pub fn token_count(&self, text: &str) -> usize {
+        self.tokenizer.encode(text, true).map_or(0, |e| e.len())
     }
 
-    fn forward(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
-        let ids = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_ids(), &self.device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let mask = encodings
-            .iter()
-            .map(|e| Tensor::new(e.get_attention_mask(), &self.device))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let ids = Tensor::stack(&ids, 0)?;
-        let mask = Tensor::stack(&mask, 0)?;
+    /// Embeds a batch of texts (blocking; run it off the async threads), in buckets of
+    /// similar length so that short texts are not padded to a long one's length.
+    pub fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let run = || tokens::embed_bucketed(&tokens::encode(&self.tokenizer, texts)?, |b| self.forward(b));
+        run().map_err(|e| EmbedError::Failed(format!("{e:#}")))
+    }
+
+    /// Embeds a batch padded as one block to its longest text (the embedder before
+    /// buckets; kept to measure them against it).
+    pub fn embed_padded(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let run = || {
+            let encodings = tokens::encode(&self.tokenizer, texts)?;
+            self.forward(&encodings.iter().collect::<Vec<_>>())
+        };
+        run().map_err(|e| EmbedError::Failed(format!("{e:#}")))
+    }
+
+    fn forward(&self, encodings: &[&Encoding]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let padded = Padded::new(encodings);
+        let shape = (padded.batch, padded.longest);
+        let ids = Tensor::from_vec(padded.ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(padded.mask, shape, &self.device)?;
         let type_ids = ids.zeros_like()?;
         let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?;
         // Mean over real tokens only: padding must not pull short texts around.

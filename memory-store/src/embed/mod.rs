@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod remote;
+mod tokens;
 
 use std::{path::PathBuf, sync::Arc};
 
