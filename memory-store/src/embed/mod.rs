@@ -1,7 +1,10 @@
-//! Text embeddings: in-process all-MiniLM-L6-v2 ([`local`], the default that needs no
-//! extra service) or any OpenAI-compatible `/v1/embeddings` endpoint ([`remote`]).
+//! Text embeddings: in-process all-MiniLM-L6-v2 (the default that needs no extra
+//! service), run by rten from an ONNX graph ([`onnx`]) or by candle from the
+//! safetensors ([`local`]), or any OpenAI-compatible `/v1/embeddings` endpoint
+//! ([`remote`]).
 
 pub mod local;
+pub mod onnx;
 pub mod remote;
 mod tokens;
 
@@ -28,8 +31,15 @@ pub enum EmbedError {
 /// Which embedder to build.
 #[derive(Debug, Clone)]
 pub enum EmbedderSettings {
-    /// candle, from a directory with config.json, tokenizer.json and model.safetensors.
+    /// candle, from a directory with config.json, tokenizer.json and model.safetensors
+    /// (`EMBED_ENGINE=candle`).
     Local {
+        /// The model directory (`EMBED_MODEL_DIR`).
+        model_dir: PathBuf,
+    },
+    /// rten, from a directory with tokenizer.json and model.onnx (the default engine:
+    /// the faster one; ci/deps/minilm_to_onnx.py writes the graph).
+    Onnx {
         /// The model directory (`EMBED_MODEL_DIR`).
         model_dir: PathBuf,
     },
@@ -38,28 +48,34 @@ pub enum EmbedderSettings {
 }
 
 impl EmbedderSettings {
-    /// Reads `EMBEDDER` (`local` or `openai`) and what it needs.
+    /// Reads `EMBEDDER` (`local` or `openai`) and what it needs; for `local`,
+    /// `EMBED_ENGINE` (`rten` or `candle`: the same vectors, cosine > 0.999, measured
+    /// by `ci/bench.sh embeddings`).
     pub fn from_env(env: &Env) -> Result<Self, SettingsError> {
-        match env.one_of("EMBEDDER", &["local", "openai"], "local")?.as_str() {
-            "openai" => Ok(Self::Remote(Endpoint::from_env(env, "EMBEDDINGS")?)),
-            _ => Ok(Self::Local {
-                model_dir: env
-                    .required(
-                        "EMBED_MODEL_DIR",
-                        "directory with all-MiniLM-L6-v2's config.json, tokenizer.json and model.safetensors \
-                         (or set EMBEDDER=openai)",
-                    )?
-                    .into(),
-            }),
+        if env.one_of("EMBEDDER", &["local", "openai"], "local")? == "openai" {
+            return Ok(Self::Remote(Endpoint::from_env(env, "EMBEDDINGS")?));
         }
+        let model_dir: PathBuf = env
+            .required(
+                "EMBED_MODEL_DIR",
+                "directory with all-MiniLM-L6-v2's tokenizer.json and model.onnx (EMBED_ENGINE=rten) \
+                         or config.json and model.safetensors (EMBED_ENGINE=candle), or set EMBEDDER=openai",
+            )?
+            .into();
+        Ok(match env.one_of("EMBED_ENGINE", &["rten", "candle"], "rten")?.as_str() {
+            "candle" => Self::Local { model_dir },
+            _ => Self::Onnx { model_dir },
+        })
     }
 }
 
 /// An embedder of either kind; cheap to clone.
 #[derive(Clone)]
 pub enum Embedder {
-    /// In-process.
+    /// In-process, candle.
     Local(Arc<local::LocalEmbedder>),
+    /// In-process, rten.
+    Onnx(Arc<onnx::OnnxEmbedder>),
     /// Remote.
     Remote(Arc<remote::RemoteEmbedder>),
 }
@@ -72,6 +88,11 @@ impl Embedder {
                 let model =
                     tokio::task::spawn_blocking(move || local::LocalEmbedder::load(&model_dir)).await??;
                 Self::Local(Arc::new(model))
+            }
+            EmbedderSettings::Onnx { model_dir } => {
+                let model =
+                    tokio::task::spawn_blocking(move || onnx::OnnxEmbedder::load(&model_dir)).await??;
+                Self::Onnx(Arc::new(model))
             }
             EmbedderSettings::Remote(endpoint) => {
                 Self::Remote(Arc::new(remote::RemoteEmbedder::new(&endpoint)?))
@@ -89,6 +110,13 @@ impl Embedder {
         otel::set(&span, "chat.embed.texts", expected as i64);
         let vectors = match self {
             Self::Local(model) => {
+                let model = model.clone();
+                tokio::task::spawn_blocking(move || model.embed(&texts))
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|e| EmbedError::Failed(format!("embedding task: {e}")))?
+            }
+            Self::Onnx(model) => {
                 let model = model.clone();
                 tokio::task::spawn_blocking(move || model.embed(&texts))
                     .instrument(span.clone())

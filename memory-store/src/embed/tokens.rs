@@ -1,5 +1,6 @@
-//! What the in-process engine needs around the network itself: the tokenizer, the
-//! length buckets a batch is cut into, and padding.
+//! What the in-process engines share around the network itself: the tokenizer, the
+//! length buckets a batch is cut into, padding, and mean pooling with L2 normalisation
+//! (what sentence-transformers does for all-MiniLM-L6-v2).
 
 use std::path::Path;
 
@@ -100,6 +101,31 @@ impl Padded {
             mask.resize(mask.len() + longest - e.len(), 0);
         }
         Self { ids, mask, batch: encodings.len(), longest }
+    }
+
+    /// Mean of `hidden` (`batch × longest × dim`, row-major) over each text's real
+    /// tokens, scaled to unit length.
+    pub fn mean_pool(&self, hidden: &[f32], dim: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+        anyhow::ensure!(
+            hidden.len() == self.batch * self.longest * dim,
+            "hidden states of an unexpected size"
+        );
+        let mut out = Vec::with_capacity(self.batch);
+        for b in 0..self.batch {
+            let mut sum = vec![0f32; dim];
+            let mut count = 0f32;
+            for t in 0..self.longest {
+                if self.mask[b * self.longest + t] == 0 {
+                    continue;
+                }
+                count += 1.0;
+                let row = &hidden[(b * self.longest + t) * dim..][..dim];
+                sum.iter_mut().zip(row).for_each(|(s, h)| *s += h);
+            }
+            let norm = sum.iter().map(|x| (x / count).powi(2)).sum::<f32>().sqrt();
+            out.push(sum.iter().map(|x| x / count / norm).collect());
+        }
+        Ok(out)
     }
 }
 
