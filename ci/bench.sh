@@ -8,7 +8,9 @@
 # from ours.
 # Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, KAFKA_LINGER_MS, BENCH_ONLY=ingest|delivery (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
-# BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs).
+# BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs);
+# BENCH_EMBED_TEXTS, BENCH_EMBED_BATCHES, BENCH_EMBED_ONLY (memory-store/benches/embeddings.rs).
+# `ci/bench.sh embeddings` compares the embedding engines (issue 18, part 4).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
@@ -46,6 +48,27 @@ pipeline() {
   if [ "${BENCH_ONLY:-latency}" = latency ]; then
     TANSU_ENGINE=memory BENCH_ONLY=latency cargo bench --locked -p handlers --bench pipeline
   fi
+}
+# Embedding engines (issue 18, part 4): candle and rten in-process (on 2 threads, then
+# 1), llama-server configurations and ONNX Runtime (PyPI wheel, for comparison), on the
+# same texts and batch sizes, against candle's f32 vectors; then the memory worker end
+# to end (batched), candle against rten.
+embeddings() {
+  local dump venv="$CACHE_DIR/venv-bench-ort-1.31.1-tokenizers-0.23.3-numpy-2.2.6"
+  dump=$(mktemp)
+  BENCH_EMBED_DUMP="$dump" cargo bench --locked -p memory-store --bench embeddings
+  RAYON_NUM_THREADS=1 RTEN_NUM_THREADS=1 BENCH_EMBED_ONLY=f32, BENCH_EMBED_LABEL=", 1 thread" \
+    cargo bench --locked -p memory-store --bench embeddings
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv.tmp.$$"
+    run_logged "$CACHE_DIR/logs/venv-bench-ort.log" "$venv.tmp.$$/bin/python" -m pip install \
+      --disable-pip-version-check --only-binary :all: onnxruntime==1.31.1 tokenizers==0.23.3 numpy==2.2.6
+    mv -T "$venv.tmp.$$" "$venv"
+  fi
+  "$venv/bin/python" ci/bench_embed_ort.py "$dump" "$EMBED_MODEL_DIR"
+  ORT_THREADS=1 "$venv/bin/python" ci/bench_embed_ort.py "$dump" "$EMBED_MODEL_DIR"
+  rm -f "$dump"
+  BENCH_ONLY=memory-batched cargo bench --locked -p handlers --bench handlers
 }
 # What exporting traces costs (issue 16): ingest and the reply path with export off, at
 # sampling 0.1 and at 1.0, on tansu's memory engine (the broker's own cost would
@@ -162,6 +185,7 @@ stop_stack() {
 case "${1:-all}" in
   gateway) gateway ;;
   tracing) tracing_cost ;;
+  embeddings) embeddings ;;
   handlers) cargo bench --locked -p handlers --bench handlers ;;
   pipeline) pipeline ;;
   llm-slots) llm_slots ;;

@@ -1,13 +1,15 @@
 //! Handler benchmarks against real services (tansu, the Qdrant engine server,
 //! llama-server), with the handler binaries built in release mode:
-//! 1. memory-worker throughput: turns embedded (in-process all-MiniLM-L6-v2) and stored
-//!    per second, batched (MEMORY_BATCH_SIZE=32) against unbatched (1), with the time
-//!    split between embedding and Qdrant upserts;
+//! 1. memory-worker throughput: turns embedded (in-process all-MiniLM-L6-v2, the default
+//!    engine) and stored per second, batched (MEMORY_BATCH_SIZE=32) against unbatched
+//!    (1), with the time split between embedding and Qdrant upserts;
 //! 2. cold start: process start → model loaded → partitions assigned → first record
 //!    received → first record handled, for `memory` and `responder`.
 //!
 //! Run: `ci/bench.sh` (or, with the ci/deps env exported, `cargo bench -p handlers --bench handlers`).
-//! Knobs: BENCH_TURNS (1000), BENCH_COLD_RUNS (3).
+//! Knobs: BENCH_TURNS (1000), BENCH_COLD_RUNS (3), BENCH_ONLY=memory-batched (only the
+//! batched memory worker, by engine and records in flight: `ci/bench.sh embeddings`
+//! runs it after comparing the engines alone).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -41,7 +43,9 @@ const SENTENCES: [&str; 8] = [
     "Please explain how photosynthesis works in simple terms.",
 ];
 
-async fn memory_throughput(batch: usize, turns: usize) -> (f64, String) {
+/// Runs one memory worker over `turns` waiting turns; `settings` are extra env vars
+/// (the engine, the concurrency), also printed as the row's first column.
+async fn memory_throughput(batch: usize, turns: usize, settings: &[(&str, &str)]) -> (f64, String) {
     let (kafka, qdrant) = (Kafka::start(6).await, QdrantServer::start().expect("qdrant"));
     let messages: Vec<UserMessage> = (0..turns)
         .map(|i| {
@@ -53,6 +57,10 @@ async fn memory_throughput(batch: usize, turns: usize) -> (f64, String) {
     let mut env: HashMap<String, String> = handler_env(&kafka, &qdrant.url());
     env.insert("MEMORY_BATCH_SIZE".into(), batch.to_string());
     env.insert("RUST_LOG".into(), "warn".into());
+    for (name, value) in settings {
+        env.insert(name.to_string(), value.to_string());
+    }
+    let label: Vec<String> = settings.iter().map(|(name, value)| format!("{name}={value}")).collect();
     let memory = HandlerProcess::start("memory", MEMORY, &env);
     let started = Instant::now();
     kafka.wait_lag_zero(topics::MEMORY_GROUP, INPUTS, Duration::from_secs(900)).await;
@@ -65,7 +73,8 @@ async fn memory_throughput(batch: usize, turns: usize) -> (f64, String) {
     let batches = metric_total(&metrics, "memory_batch_size_count");
     let rate = turns as f64 / elapsed.as_secs_f64();
     let line = format!(
-        "| {batch} | {turns} | {:.1} s | **{rate:.0}/s** | {:.1} | {:.0}% | {:.0}% |",
+        "| {} | {batch} | {turns} | {:.1} s | **{rate:.0}/s** | {:.1} | {:.0}% | {:.0}% |",
+        if label.is_empty() { "defaults".into() } else { label.join(" ") },
         elapsed.as_secs_f64(),
         turns as f64 / batches.max(1.0),
         100.0 * embed / elapsed.as_secs_f64(),
@@ -118,11 +127,29 @@ async fn main() {
     .expect("run through ci/bench.sh");
     let turns = env_or("BENCH_TURNS", 1000);
     println!("## memory worker: {turns} user messages waiting, in-process embeddings, 6 partitions\n");
-    println!("| batch size | turns | time to lag 0 | turns/s | mean batch | embedding | upserts |");
-    println!("|---|---|---|---|---|---|---|");
-    let (batched, line) = memory_throughput(32, turns).await;
+    println!(
+        "| settings | batch size | turns | time to lag 0 | turns/s | mean batch | embedding | upserts |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "memory-batched") {
+        // The engines and the records in flight (which bound the batches) one at a
+        // time, on the same broker build and machine; then the defaults.
+        let rows: [(usize, &[(&str, &str)]); 5] = [
+            (32, &[("EMBED_ENGINE", "candle"), ("HANDLER_CONCURRENCY", "32")]),
+            (32, &[("EMBED_ENGINE", "candle"), ("HANDLER_CONCURRENCY", "64")]),
+            (32, &[("EMBED_ENGINE", "rten"), ("HANDLER_CONCURRENCY", "32")]),
+            (32, &[("EMBED_ENGINE", "rten"), ("HANDLER_CONCURRENCY", "64")]),
+            (64, &[("EMBED_ENGINE", "rten"), ("HANDLER_CONCURRENCY", "128")]),
+        ];
+        for (batch, settings) in rows {
+            println!("{}", memory_throughput(batch, turns, settings).await.1);
+        }
+        println!("{}", memory_throughput(32, turns, &[]).await.1);
+        return;
+    }
+    let (batched, line) = memory_throughput(32, turns, &[]).await;
     println!("{line}");
-    let (unbatched, line) = memory_throughput(1, turns).await;
+    let (unbatched, line) = memory_throughput(1, turns, &[]).await;
     println!("{line}");
     println!("\nbatched / unbatched: {:.2}x\n", batched / unbatched);
 
