@@ -268,9 +268,10 @@ async fn two_responders_share_the_partitions_of_one_group() {
     let a = HandlerProcess::start("responder-a", RESPONDER, &env);
     let b = HandlerProcess::start("responder-b", RESPONDER, &env);
     // Both must be through the rebalance b's arrival caused before messages flow: a
-    // has been assigned partitions twice (joining, then sharing), and both are ready.
+    // has given up partitions (with cooperative assignment only those b takes; a keeps
+    // consuming the others throughout), and both are ready (hold partitions).
     let settled = || {
-        a.process.log().matches("partitions assigned").count() >= 2
+        a.process.log().contains("partitions revoked")
             && [a.port, b.port].iter().all(|p| testkit::http_status(*p, "/ready") == Some(200))
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -294,6 +295,43 @@ async fn two_responders_share_the_partitions_of_one_group() {
     let (handled_a, handled_b) = (a.records("ok").await, b.records("ok").await);
     assert!(handled_a >= 1.0 && handled_b >= 1.0, "both handled records: a={handled_a} b={handled_b}");
     assert!(handled_a + handled_b >= 8.0);
+    kafka.wait_lag_zero(topics::RESPONDER_GROUP, USER_MESSAGES, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joining_responder_takes_a_partition_without_stopping_the_first_or_answering_again() {
+    let (kafka, qdrant, llm) =
+        (Kafka::start(2).await, QdrantServer::start().expect("qdrant"), LlamaServer::chat().expect("llm"));
+    let mut env = responder_env(&kafka, &qdrant.url(), &llm.base_url(), 200);
+    // Long enough for both long answers on this machine: the point is that the one on
+    // the partition that moves is finished and committed by a, not started over by b.
+    env.insert("HANDLER_REVOKE_GRACE_SECS".into(), "90".into());
+    let a = HandlerProcess::start("responder-a", RESPONDER, &env);
+    let mut replies = kafka.watch(topics::MODEL_RESPONSES);
+    let prompt = "Write a long story about a dragon who learns to bake bread.";
+    let messages: Vec<UserMessage> =
+        (0..2).map(|_| UserMessage::new(Uuid::new_v4(), "alice", prompt)).collect();
+    for (partition, msg) in (0..).zip(&messages) {
+        kafka.send_to(msg, partition).await;
+    }
+    replies.until(MINUTE, |seen| messages.iter().any(|m| !replies_of(seen, m.message_id).is_empty())).await;
+
+    // b is ready once it holds a partition: a has given it one, after finishing what
+    // was running there.
+    let _b = HandlerProcess::start("responder-b", RESPONDER, &env);
+    let seen = replies
+        .until(Duration::from_secs(180), |seen| messages.iter().all(|m| has_final(seen, m.message_id)))
+        .await;
+    for msg in &messages {
+        let attempts: std::collections::HashSet<Uuid> =
+            replies_of(seen, msg.message_id).iter().map(|r| r.attempt).collect();
+        assert_eq!(attempts.len(), 1, "answered once, not again by the new owner: {}", a.process.log_tail());
+    }
+    let log = a.process.log();
+    let revoked: Vec<&str> = log.lines().filter(|l| l.contains("partitions revoked")).collect();
+    assert_eq!(revoked.len(), 1, "one hand-over: {}", a.process.log_tail());
+    assert!(revoked[0].contains("\"partitions\":1"), "only the partition b takes: {}", revoked[0]);
+    assert!(log.contains("\"cooperative\":true"), "incremental assignment: {}", a.process.log_tail());
     kafka.wait_lag_zero(topics::RESPONDER_GROUP, USER_MESSAGES, Duration::from_secs(10)).await;
 }
 

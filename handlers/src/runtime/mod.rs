@@ -3,6 +3,7 @@
 //! from Kafka (`consumer`) or behind HTTP (`invoke`). Only what a handler implements
 //! and what a binary calls ([`cli`]) is public.
 
+mod assignment;
 pub mod cli;
 mod consumer;
 mod dead_letter;

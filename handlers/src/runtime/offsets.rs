@@ -12,6 +12,8 @@ struct PartitionState {
     /// Bumped when the partition is revoked, so late completions are ignored.
     generation: u64,
     in_flight: BTreeSet<i64>,
+    /// The records of `in_flight` running now (the others wait in their lanes).
+    running: BTreeSet<i64>,
     /// One past the highest offset seen.
     next: Option<i64>,
     /// The last offset committed (the next offset to read).
@@ -48,14 +50,37 @@ impl OffsetTracker {
         state.generation
     }
 
+    /// Records that `offset` started running (it left its lane's queue).
+    pub fn run(&mut self, partition: &Partition, offset: i64, generation: u64) {
+        if let Some(state) = self.current(partition, generation) {
+            state.running.insert(offset);
+        }
+    }
+
     /// Records that `offset` is done (its outputs acknowledged). A completion from
     /// before a revocation is ignored: someone else owns that partition now.
     pub fn finish(&mut self, partition: &Partition, offset: i64, generation: u64) {
-        if let Some(state) = self.partitions.get_mut(partition) {
-            if state.generation == generation {
-                state.in_flight.remove(&offset);
-            }
+        if let Some(state) = self.current(partition, generation) {
+            state.in_flight.remove(&offset);
+            state.running.remove(&offset);
         }
+    }
+
+    /// Records that `offset` stopped running without being done (it must be
+    /// redelivered, so it stays in flight).
+    pub fn stop(&mut self, partition: &Partition, offset: i64, generation: u64) {
+        if let Some(state) = self.current(partition, generation) {
+            state.running.remove(&offset);
+        }
+    }
+
+    /// Records running now in `partitions`.
+    pub fn running_in(&self, partitions: &[Partition]) -> usize {
+        partitions.iter().filter_map(|p| self.partitions.get(p)).map(|s| s.running.len()).sum()
+    }
+
+    fn current(&mut self, partition: &Partition, generation: u64) -> Option<&mut PartitionState> {
+        self.partitions.get_mut(partition).filter(|s| s.generation == generation)
     }
 
     /// Whether work started under `generation` still belongs to this consumer.
@@ -81,7 +106,7 @@ impl OffsetTracker {
         }
     }
 
-    /// Forgets revoked partitions and returns the offsets still worth committing for them.
+    /// Forgets revoked partitions (and only them) and returns the offsets still worth committing for them.
     pub fn revoke(&mut self, revoked: &[Partition]) -> Vec<(Partition, i64)> {
         let mut out = Vec::new();
         for p in revoked {
@@ -147,5 +172,32 @@ mod tests {
         assert_eq!(t.in_flight(), 1, "a stale completion must not count");
         t.finish(&p(1), 5, new);
         assert_eq!(t.to_commit(), vec![(p(1), 6)]);
+    }
+
+    #[test]
+    fn a_revocation_forgets_only_the_revoked_partitions() {
+        let mut t = OffsetTracker::default();
+        let (g0, g1) = (t.start(&p(0), 1), t.start(&p(1), 7));
+        t.start(&p(1), 8);
+        t.finish(&p(1), 7, g1);
+        // Cooperative assignment revokes partition 1 alone; partition 0 keeps going.
+        assert_eq!(t.revoke(&[p(1)]), vec![(p(1), 8)]);
+        assert!(t.is_current(&p(0), g0));
+        t.finish(&p(0), 1, g0);
+        assert_eq!(t.to_commit(), vec![(p(0), 2)]);
+    }
+
+    #[test]
+    fn running_records_are_told_from_queued_ones() {
+        let mut t = OffsetTracker::default();
+        let g = t.start(&p(0), 1);
+        t.start(&p(0), 2);
+        t.run(&p(0), 1, g);
+        assert_eq!(t.running_in(&[p(0)]), 1, "offset 2 only waits in its lane");
+        t.stop(&p(0), 1, g);
+        assert_eq!((t.running_in(&[p(0)]), t.in_flight()), (0, 2), "stopped is not done");
+        t.run(&p(0), 2, g);
+        t.finish(&p(0), 2, g);
+        assert_eq!((t.running_in(&[p(0), p(1)]), t.to_commit()), (0, vec![(p(0), 1)]));
     }
 }

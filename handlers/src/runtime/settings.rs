@@ -8,6 +8,8 @@ use platform::{
     settings::{Env, SettingsError},
 };
 
+use super::assignment::{self, Assignment};
+
 /// How the runtime consumes, retries and shuts down.
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
@@ -25,6 +27,10 @@ pub struct RuntimeSettings {
     pub shutdown_grace: Duration,
     /// The largest record handled.
     pub record_limit: RecordLimit,
+    /// How partitions move between members (`HANDLER_PARTITION_ASSIGNMENT`).
+    pub assignment: Assignment,
+    /// How long a revoked partition's running records may finish (`HANDLER_REVOKE_GRACE_SECS`).
+    pub revoke_grace: Duration,
 }
 
 /// `HANDLER_MAX_RECORD_BYTES`: larger records are dead-lettered undecoded, from Kafka and
@@ -112,6 +118,8 @@ impl RuntimeSettings {
             retrying: Retrying::from_env(env)?,
             shutdown_grace: Duration::from_secs(env.parse_or("HANDLER_SHUTDOWN_GRACE_SECS", 20)?),
             record_limit: RecordLimit::from_env(env)?,
+            assignment: Assignment::from_env(env)?,
+            revoke_grace: assignment::revoke_grace_from_env(env)?,
         })
     }
 }

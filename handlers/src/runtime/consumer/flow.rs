@@ -1,6 +1,11 @@
 //! Flow control: how many records the loop fetches ahead of the workers, and pausing
 //! and resuming the partitions around that number.
 
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
 use rdkafka::consumer::Consumer;
 
 use super::group::GroupContext;
@@ -14,7 +19,9 @@ const MIN_FETCHED_AHEAD: usize = 64;
 /// to the loop.
 pub(super) struct Flow {
     capacity: usize,
-    paused: bool,
+    /// Shared with the group's rebalance callback, which pauses partitions assigned
+    /// while fetching is paused.
+    paused: Arc<AtomicBool>,
 }
 
 impl Flow {
@@ -28,21 +35,27 @@ impl Flow {
     /// (BENCH_ONLY=throughput in handlers/benches/pipeline.rs), the hysteresis lets it
     /// run at the handler's pace.
     pub(super) fn for_concurrency(concurrency: usize) -> Self {
-        Self { capacity: (concurrency * 4).max(MIN_FETCHED_AHEAD), paused: false }
+        Self { capacity: (concurrency * 4).max(MIN_FETCHED_AHEAD), paused: Arc::new(AtomicBool::new(false)) }
+    }
+
+    /// The paused flag, for the group's rebalance callback.
+    pub(super) fn paused(&self) -> Arc<AtomicBool> {
+        self.paused.clone()
     }
 
     /// Pauses or resumes for `held` records waiting or running.
     pub(super) fn adjust<C: Consumer<GroupContext>>(&mut self, consumer: &C, held: usize) {
-        if !self.paused && held >= self.capacity {
+        let paused = self.paused.load(Ordering::SeqCst);
+        if !paused && held >= self.capacity {
             self.set(consumer, true);
-        } else if self.paused && held <= self.capacity / 2 {
+        } else if paused && held <= self.capacity / 2 {
             self.set(consumer, false);
         }
     }
 
     /// Pauses (`true`) or resumes (`false`) every assigned partition.
     pub(super) fn set<C: Consumer<GroupContext>>(&mut self, consumer: &C, pause: bool) {
-        if pause == self.paused {
+        if pause == self.paused.load(Ordering::SeqCst) {
             return;
         }
         let assignment = match consumer.assignment() {
@@ -55,7 +68,7 @@ impl Flow {
         let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
         match result {
             Ok(()) => {
-                self.paused = pause;
+                self.paused.store(pause, Ordering::SeqCst);
                 tracing::debug!(
                     partitions = assignment.count(),
                     "fetching {}",
@@ -75,6 +88,6 @@ mod tests {
     fn fetches_four_times_the_concurrency_ahead_but_never_fewer_than_the_minimum() {
         assert_eq!(Flow::for_concurrency(1).capacity, MIN_FETCHED_AHEAD);
         assert_eq!(Flow::for_concurrency(32).capacity, 128);
-        assert!(!Flow::for_concurrency(8).paused);
+        assert!(!Flow::for_concurrency(8).paused.load(Ordering::SeqCst));
     }
 }

@@ -2,8 +2,11 @@
 //! right across rebalances, and reporting the group's lag.
 
 use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use platform::{
@@ -11,7 +14,7 @@ use platform::{
     sync::lock,
 };
 use rdkafka::{
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol},
     error::KafkaResult,
     ClientContext, Offset, TopicPartitionList,
 };
@@ -60,12 +63,62 @@ fn commit_offsets<C: Consumer<GroupContext>>(
     Ok(())
 }
 
-/// Keeps the offset tracker right across rebalances.
+/// Keeps the offset tracker right across rebalances. With cooperative assignment a
+/// rebalance names only the partitions that move: everything here acts on those alone.
 pub(super) struct GroupContext {
     /// What is in flight and what may be committed, per partition.
     pub(super) tracker: Arc<Mutex<OffsetTracker>>,
     /// Where group membership is reported for `/ready`.
     pub(super) status: Arc<Status>,
+    /// Whether the loop has paused fetching (`flow`): partitions assigned meanwhile
+    /// are paused too, or they would be fetched past the loop's limit.
+    pub(super) paused: Arc<AtomicBool>,
+    /// How long revoked partitions' running records may finish before they go.
+    pub(super) revoke_grace: Duration,
+    /// Set at SIGTERM: leaving the group revokes everything, after the drain has
+    /// already given running records their grace period.
+    pub(super) shutdown: watch::Receiver<bool>,
+}
+
+impl GroupContext {
+    /// Waits (up to `revoke_grace`) for the records running in `revoked` to finish, so
+    /// that they are committed rather than answered again by the partitions' next
+    /// owner. Runs in the rebalance callback, on the loop's task: the records settle in
+    /// the tracker from their own tasks. Records still waiting in their lanes do not
+    /// start any more (their partition is no longer current once revoked).
+    fn wait_for_running(&self, revoked: &[Partition]) {
+        let running = || lock(&self.tracker).running_in(revoked);
+        if self.revoke_grace.is_zero() || *self.shutdown.borrow() || running() == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let wait = || {
+            while running() > 0 && started.elapsed() < self.revoke_grace {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        // The callback blocks the loop's thread; let the runtime move its other tasks
+        // (the running records among them) to other threads meanwhile.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
+        let left = running();
+        let waited_ms = started.elapsed().as_millis() as u64;
+        if left > 0 {
+            tracing::warn!(left, waited_ms, "revoke grace over: the new owner answers these again");
+        } else {
+            tracing::info!(waited_ms, "records running on revoked partitions finished");
+        }
+    }
+
+    /// Reports whether the consumer still holds partitions.
+    fn report_assigned(&self, consumer: &BaseConsumer<Self>) {
+        let held = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.status.set_assigned(held > 0);
+    }
 }
 
 impl ClientContext for GroupContext {}
@@ -75,16 +128,19 @@ impl ConsumerContext for GroupContext {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked: Vec<Partition> =
                 list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            let lost = consumer.assignment_lost();
+            if !lost {
+                self.wait_for_running(&revoked);
+            }
             // Commit what is done before someone else takes over; records still running
             // here will be answered again by the new owner (at-least-once).
             let offsets = lock(&self.tracker).revoke(&revoked);
-            if !offsets.is_empty() {
+            if !offsets.is_empty() && !lost {
                 if let Err(err) = commit_offsets(consumer, &offsets, CommitMode::Sync) {
                     tracing::warn!(error = %err, "commit on revoke failed");
                 }
             }
-            self.status.set_assigned(false);
-            tracing::info!(partitions = revoked.len(), "partitions revoked");
+            tracing::info!(partitions = revoked.len(), lost, "partitions revoked");
         }
     }
 
@@ -103,16 +159,28 @@ impl ConsumerContext for GroupContext {
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Error(err) = rebalance {
-            // librdkafka drops the assignment without a revoke: forget everything, so
-            // nothing is committed for partitions this process may no longer own.
-            lock(&self.tracker).clear();
-            self.status.set_assigned(false);
-            tracing::warn!(error = %err, "rebalance failed; the assignment was dropped");
+        match rebalance {
+            Rebalance::Error(err) => {
+                // librdkafka drops the assignment without a revoke: forget everything, so
+                // nothing is committed for partitions this process may no longer own.
+                lock(&self.tracker).clear();
+                self.status.set_assigned(false);
+                tracing::warn!(error = %err, "rebalance failed; the assignment was dropped");
+            }
+            // Eager: nothing is left. Cooperative: the partitions that did not move.
+            Rebalance::Revoke(_) => self.report_assigned(consumer),
+            Rebalance::Assign(list) => self.assigned(consumer, list),
         }
-        if let Rebalance::Assign(list) = rebalance {
-            // Here, before any record of the new partitions reaches the tracker, a commit
-            // cannot overtake a later one.
+    }
+}
+
+impl GroupContext {
+    /// Partitions were added (all of them with eager assignment, only the new ones
+    /// with cooperative).
+    fn assigned(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
+        if list.count() > 0 {
+            // Here, before any record of the new partitions reaches the tracker, a
+            // commit cannot overtake a later one.
             match commit_start_where_uncommitted(consumer, list) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(partitions = n, "committed the start of partitions without a commit"),
@@ -121,13 +189,20 @@ impl ConsumerContext for GroupContext {
                     "could not commit the start of partitions without a commit; KEDA may see lag that is not there"
                 ),
             }
-            self.status.set_assigned(true);
-            tracing::info!(
-                partitions = list.count(),
-                elapsed_ms = self.status.started().elapsed().as_millis() as u64,
-                "partitions assigned"
-            );
+            if self.paused.load(Ordering::SeqCst) {
+                if let Err(err) = consumer.pause(list) {
+                    tracing::warn!(error = %err, "cannot pause the partitions just assigned");
+                }
+            }
         }
+        self.report_assigned(consumer);
+        tracing::info!(
+            partitions = list.count(),
+            held = consumer.assignment().map(|a| a.count()).unwrap_or(0),
+            cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative),
+            elapsed_ms = self.status.started().elapsed().as_millis() as u64,
+            "partitions assigned"
+        );
     }
 }
 

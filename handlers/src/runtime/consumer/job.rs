@@ -7,7 +7,7 @@ use std::{
 };
 
 use platform::sync::lock;
-use rdkafka::message::OwnedMessage;
+use rdkafka::{message::OwnedMessage, Message};
 
 use crate::runtime::offsets::{OffsetTracker, Partition};
 
@@ -50,6 +50,21 @@ impl<I> Job<I> {
     /// Whether this consumer still owns the record's partition.
     pub(super) fn is_current(&self) -> bool {
         lock(&self.tracker).is_current(&self.partition, self.generation)
+    }
+
+    /// Records that the job left its lane's queue and runs.
+    pub(super) fn mark_running(&self) {
+        lock(&self.tracker).run(&self.partition, self.record.offset(), self.generation);
+    }
+
+    /// Records how the job ended, from its own task: a revocation waiting in the
+    /// rebalance callback for its partitions' running records sees it without the loop.
+    pub(super) fn settle(&self, outcome: Outcome) {
+        let mut tracker = lock(&self.tracker);
+        match outcome {
+            Outcome::Done => tracker.finish(&self.partition, self.record.offset(), self.generation),
+            Outcome::Abandoned => tracker.stop(&self.partition, self.record.offset(), self.generation),
+        }
     }
 }
 

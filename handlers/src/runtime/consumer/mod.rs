@@ -116,10 +116,17 @@ impl<H: Handler> Consuming<H> {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        let context = GroupContext { tracker: tracker.clone(), status: status.clone() };
-        let consumer: StreamConsumer<GroupContext> = settings
-            .kafka
-            .consumer_config(handler.group())
+        let flow = Flow::for_concurrency(settings.concurrency);
+        let context = GroupContext {
+            tracker: tracker.clone(),
+            status: status.clone(),
+            paused: flow.paused(),
+            revoke_grace: settings.revoke_grace,
+            shutdown: shutdown.clone(),
+        };
+        let mut config = settings.kafka.consumer_config(handler.group());
+        settings.assignment.apply(&mut config);
+        let consumer: StreamConsumer<GroupContext> = config
             .create_with_context(context)
             .with_context(|| format!("creating the consumer of group {}", handler.group()))?;
         let producer = settings.kafka.producer()?;
@@ -137,7 +144,7 @@ impl<H: Handler> Consuming<H> {
             status,
             worker: Worker::new(processor, done_tx),
             lanes: Lanes::new(settings.concurrency),
-            flow: Flow::for_concurrency(settings.concurrency),
+            flow,
             done,
             lag_task,
             shutdown,
@@ -188,7 +195,6 @@ impl<H: Handler> Consuming<H> {
     /// A job ended: its offset may move on, and its lane's next job starts.
     fn finished(&mut self, finished: Finished) {
         self.last_activity = Instant::now();
-        finished.apply(&self.tracker);
         for (key, job) in self.lanes.finish(&finished.key) {
             self.worker.start(key, job, self.shutdown.clone());
         }
@@ -242,7 +248,6 @@ impl<H: Handler> Consuming<H> {
             tokio::select! {
                 finished = self.done.recv() => match finished {
                     Some(finished) => {
-                        finished.apply(&self.tracker);
                         let _ = self.lanes.finish(&finished.key);
                     }
                     None => break,

@@ -8,32 +8,15 @@ use rdkafka::{message::OwnedMessage, Message};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    job::{Job, Outcome, Work},
+    job::{Job, Work},
     process::Processor,
 };
-use crate::runtime::{
-    handler::Handler,
-    offsets::{OffsetTracker, Partition},
-    status::metric,
-};
+use crate::runtime::{handler::Handler, offsets::OffsetTracker, status::metric};
 
-/// A job's report to the loop.
+/// A job's report to the loop (the job has already settled its offset in the tracker).
 pub(super) struct Finished {
     /// The lane it ran in.
     pub(super) key: Vec<u8>,
-    partition: Partition,
-    offset: i64,
-    generation: u64,
-    outcome: Outcome,
-}
-
-impl Finished {
-    /// Marks the record done in `tracker` unless it must be redelivered.
-    pub(super) fn apply(&self, tracker: &Mutex<OffsetTracker>) {
-        if self.outcome == Outcome::Done {
-            lock(tracker).finish(&self.partition, self.offset, self.generation);
-        }
-    }
 }
 
 /// Turns records into jobs and runs them.
@@ -79,23 +62,17 @@ impl<H: Handler> Worker<H> {
 
     /// Runs a job on its own task; reports back on `done`.
     pub(super) fn start(&self, key: Vec<u8>, job: Job<H::Input>, shutdown: watch::Receiver<bool>) {
-        let finished = |outcome| Finished {
-            key: key.clone(),
-            partition: job.partition.clone(),
-            offset: job.record.offset(),
-            generation: job.generation,
-            outcome,
-        };
         if !job.is_current() {
             // The partition was revoked while this job waited: its new owner reads it.
-            let _ = self.done.send(finished(Outcome::Abandoned));
+            let _ = self.done.send(Finished { key });
             return;
         }
-        let report = finished(Outcome::Done);
+        job.mark_running();
         let (processor, done) = (self.processor.clone(), self.done.clone());
         tokio::spawn(async move {
             let outcome = processor.process(&job, shutdown).await;
-            let _ = done.send(Finished { outcome, ..report });
+            job.settle(outcome);
+            let _ = done.send(Finished { key });
         });
     }
 }
