@@ -211,7 +211,8 @@ impl KafkaSettings {
     }
 
     /// A consumer in `group` that commits only when told to, reading from the earliest
-    /// offset when the group has none (`init` gives every handler group offsets).
+    /// offset when the group has none (`init` gives every handler group offsets), with
+    /// incremental (cooperative-sticky) partition assignment.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.base_config();
         c.set("group.id", group)
@@ -224,7 +225,13 @@ impl KafkaSettings {
             .set("heartbeat.interval.ms", "500")
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
             .set("fetch.min.bytes", "1")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // A member joining (KEDA scaling up) takes partitions from the others while
+            // they keep consuming the rest; with librdkafka's default (range, eager)
+            // every member stops and drops all its partitions at every scale step.
+            // Every member of a group must offer the same protocol type, so this is the
+            // default of every group consumer here.
+            .set("partition.assignment.strategy", "cooperative-sticky");
         c
     }
 
@@ -318,6 +325,7 @@ mod tests {
         let c = s.consumer_config("responder");
         assert_eq!(get(&c, "group.id"), Some("responder"));
         assert_eq!(get(&c, "enable.auto.commit"), Some("false"));
+        assert_eq!(get(&c, "partition.assignment.strategy"), Some("cooperative-sticky"));
         assert!(get(&c, "sasl.password").is_none());
     }
 
