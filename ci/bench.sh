@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
-#   ci/bench.sh [gateway|handlers|pipeline|tracing|llm-slots|loadtest|all]
+#   ci/bench.sh [gateway|handlers|pipeline|tracing|llm-slots|loadtest|rebalance|all]
 # Everything runs on tansu's SQLite engine (the stack's broker); gateway ingest and the
 # pipeline's latency run a second time on tansu's memory engine, a broker without
 # SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
@@ -9,7 +9,9 @@
 # Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, KAFKA_LINGER_MS, BENCH_ONLY=ingest|delivery (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
 # BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs);
-# BENCH_EMBED_TEXTS, BENCH_EMBED_BATCHES, BENCH_EMBED_ONLY (memory-store/benches/embeddings.rs).
+# BENCH_EMBED_TEXTS, BENCH_EMBED_BATCHES, BENCH_EMBED_ONLY (memory-store/benches/embeddings.rs);
+# BENCH_ASSIGNMENT, BENCH_REVOKE_GRACE_SECS, BENCH_PHASE_SECS, BENCH_TOKENS, BENCH_TOKEN_MS,
+# BENCH_PROFILE (handlers/benches/rebalance.rs).
 # `ci/bench.sh embeddings` compares the embedding engines (issue 18, part 4).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -182,12 +184,24 @@ stop_stack() {
   while kill -0 "$stack" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 1; done
   if kill -0 "$stack" 2>/dev/null; then log "ci/stack.sh still running after 120 s (pid $stack)"; fi
 }
+# Scaling the responders 1 -> 2 -> 4 under a backlog (issue 18, part 2): stalls, re-runs
+# and answered/s with eager and with cooperative assignment, on both brokers.
+# BENCH_PROFILE=dev runs the dev-profile build (cargo test) instead of the release one.
+rebalance() {
+  local run=(cargo bench --locked -p handlers --bench rebalance)
+  if [ "${BENCH_PROFILE:-release}" = dev ]; then
+    run=(cargo test --locked -p handlers --bench rebalance)
+  fi
+  "${run[@]}"
+  TANSU_ENGINE=memory "${run[@]}"
+}
 case "${1:-all}" in
   gateway) gateway ;;
   tracing) tracing_cost ;;
   embeddings) embeddings ;;
   handlers) cargo bench --locked -p handlers --bench handlers ;;
   pipeline) pipeline ;;
+  rebalance) rebalance ;;
   llm-slots) llm_slots ;;
   loadtest)
     [ "${BENCH_ONLY:-}" = loadtest ] || llm_slots
@@ -200,5 +214,5 @@ case "${1:-all}" in
     cargo bench --locked -p handlers --bench handlers
     pipeline
     ;;
-  *) die "usage: $0 [gateway|handlers|pipeline|tracing|llm-slots|loadtest|all]" ;;
+  *) die "usage: $0 [gateway|handlers|pipeline|tracing|llm-slots|loadtest|rebalance|all]" ;;
 esac
