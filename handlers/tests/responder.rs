@@ -329,8 +329,12 @@ async fn a_joining_responder_takes_a_partition_without_stopping_the_first_or_ans
     }
     let log = a.process.log();
     let revoked: Vec<&str> = log.lines().filter(|l| l.contains("partitions revoked")).collect();
-    assert_eq!(revoked.len(), 1, "one hand-over: {}", a.process.log_tail());
-    assert!(revoked[0].contains("\"partitions\":1"), "only the partition b takes: {}", revoked[0]);
+    assert!(!revoked.is_empty(), "a hand-over: {}", a.process.log_tail());
+    // tansu may hand the partition back and forth once more (its coordinator gives the
+    // leader stale owned partitions); a never gives up both.
+    for line in revoked {
+        assert!(line.contains("\"partitions\":1"), "only the partition b takes: {line}");
+    }
     assert!(log.contains("\"cooperative\":true"), "incremental assignment: {}", a.process.log_tail());
     kafka.wait_lag_zero(topics::RESPONDER_GROUP, USER_MESSAGES, Duration::from_secs(10)).await;
 }
