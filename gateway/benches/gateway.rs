@@ -12,12 +12,12 @@
 //! Run: `ci/bench.sh` (or, with TANSU_BIN set, `cargo bench -p gateway --bench gateway`).
 //! Knobs: BENCH_CONCURRENCY (64,256: ingest runs at each), BENCH_SECS (10), BENCH_STREAMS (10000),
 //! KAFKA_LINGER_MS (the stack's default) for the gateway and the raw producer alike,
-//! BENCH_ONLY=ingest (only section 1), delivery (only section 3) or tracing (ingest with
+//! BENCH_ONLY=ingest (only section 1), delivery (only section 3), fanout (only section 2) or tracing (ingest with
 //! trace export off, sampled at 0.1 and at 1.0; BENCH_ROUNDS rounds, 3; with
 //! BENCH_BASELINE_GATEWAY=<path to an older gateway binary> (BENCH_BASELINE_LABEL), that
 //! build too, export off) or cost (ingest's CPU per message against its two floors,
-//! support/floors.rs; BENCH_ROUNDS rounds, 3; with BENCH_GATEWAYS=label=path,… those
-//! gateway builds too);
+//! support/floors.rs; BENCH_ROUNDS rounds, 3; with BENCH_GATEWAYS=label=path [NAME=VALUE…],…
+//! those gateway builds or settings too);
 //! TANSU_ENGINE=memory (tansu's memory engine instead of SQLite, see ci/deps/tansu.sh).
 
 #[path = "../tests/common/mod.rs"]
@@ -190,9 +190,13 @@ async fn main() {
     let token = token("bench");
     let only = std::env::var("BENCH_ONLY").ok().filter(|o| !o.is_empty());
     assert!(
-        matches!(only.as_deref(), None | Some("ingest" | "delivery" | "tracing" | "cost")),
-        "BENCH_ONLY for the gateway benchmark is ingest, delivery, tracing or cost, not {only:?}"
+        matches!(only.as_deref(), None | Some("ingest" | "delivery" | "fanout" | "tracing" | "cost")),
+        "BENCH_ONLY for the gateway benchmark is ingest, delivery, fanout, tracing or cost, not {only:?}"
     );
+    if only.as_deref() == Some("fanout") {
+        fan_out(&kafka, &gateway, &client, &token, streams).await;
+        return;
+    }
     if only.as_deref() == Some("cost") {
         drop(gateway);
         for &concurrency in &concurrencies {
@@ -465,17 +469,12 @@ async fn tracing_cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64)
 /// Section 7 (`BENCH_ONLY=cost`): the gateway's CPU per accepted message against its two
 /// floors (support/floors.rs), all driven like the gateway (`wrk`, `concurrency`
 /// connections or writes in flight), in turn for `BENCH_ROUNDS` rounds (3), each server
-/// fresh. With `BENCH_GATEWAYS=label=path,…`, those gateway builds run in every round
-/// too: a lever is measured on its own as the build with it against the build without.
+/// fresh. With `BENCH_GATEWAYS=label=path [NAME=VALUE…],…`, those gateway builds (with
+/// those settings) run in every round too: a lever is measured on its own as the build
+/// (or setting) with it against the one without.
 /// Prints each run, then the medians and each gateway's overhead over the floors.
 async fn cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64) {
-    let mut gateways = vec![("this build".to_string(), env!("CARGO_BIN_EXE_gateway").to_string())];
-    for item in
-        std::env::var("BENCH_GATEWAYS").unwrap_or_default().split(',').filter(|i| !i.trim().is_empty())
-    {
-        let (label, path) = item.split_once('=').expect("BENCH_GATEWAYS: label=path,…");
-        gateways.push((label.trim().to_string(), path.trim().to_string()));
-    }
+    let gateways = gateways_to_compare();
     let broker = kafka.broker.pid();
     let rounds = env_or("BENCH_ROUNDS", 3);
     let client = reqwest::Client::new();
@@ -506,8 +505,9 @@ async fn cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64) {
             run.broker_us,
         );
         bare.push(run);
-        for (i, (label, binary)) in gateways.iter().enumerate() {
-            let gateway = Gateway::start_binary(binary, kafka, STREAMING_GATEWAY);
+        for (i, (label, binary, env)) in gateways.iter().enumerate() {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let gateway = Gateway::start_binary(binary, kafka, &[STREAMING_GATEWAY, &env].concat());
             let (_, body) = post_chat(&client, &gateway, token, json!({"text": "warm-up"})).await;
             let conversation = body["conversation_id"].as_str().expect("conversation").to_string();
             println!("round {round}, gateway ({label}):");
@@ -544,7 +544,7 @@ async fn cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64) {
         kafka_us,
     );
     println!("  {:<44} {:>6.1} µs per message", "the two floors together", http_us + kafka_us);
-    for ((label, _), runs) in gateways.iter().zip(&runs) {
+    for ((label, _, _), runs) in gateways.iter().zip(&runs) {
         let cpu = of(runs, |r| r.cpu_us);
         line(
             &format!("gateway ({label})"),
@@ -559,6 +559,28 @@ async fn cost(kafka: &Kafka, token: &str, concurrency: usize, secs: u64) {
             cpu - http_us - kafka_us
         );
     }
+}
+
+/// Settings a gateway runs with, as `NAME=VALUE` pairs.
+type Settings = Vec<(String, String)>;
+
+/// The gateways `cost` measures: this build, then each of `BENCH_GATEWAYS`
+/// (`label=path [NAME=VALUE…],…`): a label, a binary and the settings it runs with.
+fn gateways_to_compare() -> Vec<(String, String, Settings)> {
+    let mut gateways =
+        vec![("this build".to_string(), env!("CARGO_BIN_EXE_gateway").to_string(), Vec::new())];
+    let list = std::env::var("BENCH_GATEWAYS").unwrap_or_default();
+    for item in list.split(',').filter(|i| !i.trim().is_empty()) {
+        let (label, run) = item.split_once('=').expect("BENCH_GATEWAYS: label=path [NAME=VALUE…],…");
+        let mut words = run.split_whitespace();
+        let path = words.next().expect("BENCH_GATEWAYS: a path after each label=");
+        let env = words
+            .map(|w| w.split_once('=').expect("BENCH_GATEWAYS: settings as NAME=VALUE"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        gateways.push((label.trim().to_string(), path.to_string(), env));
+    }
+    gateways
 }
 
 /// Sections 3-4: idle fan-out and idle keep-alive connections, each on a fresh gateway.
