@@ -18,7 +18,6 @@ use platform::{
 };
 use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -108,22 +107,23 @@ impl Intake {
         if let Some(id) = message_id {
             message.message_id = id;
         }
-        // The request's span already carries trace_id.
-        let span =
-            tracing::info_span!("chat", message_id = %message.message_id, conversation_id = %conversation_id);
         let produce_started = Instant::now();
-        let produced = publish(&self.producer, &message, &trace, self.kafka.produce_timeout)
-            .instrument(span.clone())
-            .await;
+        let produced = publish(&self.producer, &message, &trace, self.kafka.produce_timeout).await;
         metrics::histogram!("gateway_produce_seconds").record(produce_started.elapsed().as_secs_f64());
+        // The ids are fields of the two lines, not of a span around the write: a span
+        // costs a formatting of its fields on every message, logged or not, and the JSON
+        // log re-parses every span's fields for every line. The request's span already
+        // carries trace_id.
+        let (message_id, conversation_id) = (&message.message_id, &message.conversation_id);
         if let Err(err) = produced {
             metrics::counter!("gateway_chat_unavailable_total").increment(1);
-            span.in_scope(
-                || tracing::warn!(error = %err, "broker did not acknowledge the message; answering 503"),
+            tracing::warn!(
+                %message_id, %conversation_id, error = %err,
+                "broker did not acknowledge the message; answering 503"
             );
             return Err(ApiError::unavailable("the message could not be stored; retry shortly"));
         }
-        span.in_scope(|| tracing::info!("message accepted"));
+        tracing::info!(%message_id, %conversation_id, "message accepted");
         self.hub.note_accepted(message.message_id);
         Ok(message)
     }
