@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
-#   ci/bench.sh [gateway|handlers|pipeline|tracing|llm-slots|loadtest|rebalance|all]
+#   ci/bench.sh [gateway|cost|handlers|pipeline|tracing|embeddings|llm-slots|loadtest|rebalance|all]
 # Everything runs on tansu's SQLite engine (the stack's broker); gateway ingest and the
 # pipeline's latency run a second time on tansu's memory engine, a broker without
 # SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
 # from ours.
-# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, KAFKA_LINGER_MS, BENCH_ONLY=ingest|delivery (gateway/benches/gateway.rs);
+# Knobs: BENCH_CONCURRENCY, BENCH_SECS, BENCH_STREAMS, KAFKA_LINGER_MS, BENCH_ONLY=ingest|delivery|cost,
+# BENCH_ROUNDS, BENCH_GATEWAYS (gateway/benches/gateway.rs);
 # BENCH_TURNS, BENCH_COLD_RUNS (handlers/benches/handlers.rs); BENCH_MESSAGES,
 # BENCH_LLM_MESSAGES, BENCH_BACKLOG, BENCH_ONLY (handlers/benches/pipeline.rs);
 # BENCH_EMBED_TEXTS, BENCH_EMBED_BATCHES, BENCH_EMBED_ONLY (memory-store/benches/embeddings.rs);
@@ -25,7 +26,7 @@ use_env ci/deps/llama.sh ensure
 # A release build of the Qdrant engine server: a debug one would count its own slowness
 # as the responder's recall time. (The local-LLM parts run ci/stack.sh's own processes.)
 case "${1:-all}" in
-  llm-slots | loadtest) ;;
+  llm-slots | loadtest | cost) ;;
   *)
     log "building qdrant-dev-server (release; a cold build takes ~15 min)"
     cargo build --locked --release -p qdrant-dev-server
@@ -98,6 +99,18 @@ tracing_cost() {
     cargo bench --locked -p gateway --bench gateway
   cargo build --locked --release -p gateway --bin gateway
   TANSU_ENGINE=memory BENCH_ONLY=tracing cargo bench --locked -p handlers --bench pipeline
+}
+# The gateway's cost per accepted message against its two floors (issue 18, part 1): a
+# trivial 202 route in the gateway's serve loop and a bare producer, then this build and
+# the build before the issue's levers (BENCH_BASELINE_COMMIT), in turn, driven by wrk at
+# 64 and 256 connections, on tansu's memory engine and then on SQLite. BENCH_GATEWAYS
+# adds builds or settings to compare (label=path [NAME=VALUE…],…).
+cost() {
+  local baseline
+  baseline=$(BENCH_BASELINE_COMMIT="${BENCH_BASELINE_COMMIT:-3a50b2c}" baseline_gateway)
+  local gateways="before (${BENCH_BASELINE_COMMIT:-3a50b2c})=$baseline${BENCH_GATEWAYS:+,$BENCH_GATEWAYS}"
+  TANSU_ENGINE=memory BENCH_ONLY=cost BENCH_GATEWAYS="$gateways" cargo bench --locked -p gateway --bench gateway
+  BENCH_ONLY=cost BENCH_GATEWAYS="$gateways" cargo bench --locked -p gateway --bench gateway
 }
 # Issue 18, part 3: the local LLM behind the README's load test.
 # llm_slots: llama-server's throughput and time to first token by slots (-np) and threads
@@ -197,6 +210,7 @@ rebalance() {
 }
 case "${1:-all}" in
   gateway) gateway ;;
+  cost) cost ;;
   tracing) tracing_cost ;;
   embeddings) embeddings ;;
   handlers) cargo bench --locked -p handlers --bench handlers ;;
@@ -214,5 +228,5 @@ case "${1:-all}" in
     cargo bench --locked -p handlers --bench handlers
     pipeline
     ;;
-  *) die "usage: $0 [gateway|handlers|pipeline|tracing|llm-slots|loadtest|rebalance|all]" ;;
+  *) die "usage: $0 [gateway|cost|handlers|pipeline|tracing|embeddings|llm-slots|loadtest|rebalance|all]" ;;
 esac
