@@ -8,7 +8,11 @@
 //! set headers, so a token may also come as the `access_token` query parameter (on
 //! `/stream`); prefer the header elsewhere, since URLs end up in access logs.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     extract::{FromRef, FromRequestParts},
@@ -48,6 +52,8 @@ pub enum Authenticator {
         keys: Keys,
         /// Algorithm, expiry, issuer and audience rules.
         validation: Box<Validation>,
+        /// Tokens already verified, so a client's next request skips the signature.
+        verified: Verified,
     },
 }
 
@@ -62,6 +68,62 @@ pub enum Keys {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    /// Required (`validation`), so present once a token is decoded.
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// Most tokens remembered as verified; past it the cache starts over (a client sends
+/// the same token for an hour, so a few thousand users at a time fit).
+const MAX_VERIFIED: usize = 10_000;
+
+/// Longer tokens are verified every time rather than remembered.
+const MAX_VERIFIED_TOKEN_LEN: usize = 4096;
+
+/// Tokens whose signature and claims were checked, by their exact text, with the
+/// seconds (Unix time) within which they stay usable. A token's text fixes its
+/// claims and the keys never change while the process runs, so only time can make a
+/// verified token unusable: each entry keeps `exp` and `nbf` with the leeway applied,
+/// as `jsonwebtoken` applies them. The signature check and the JSON parsing of header
+/// and claims were ~3 µs of a ~45 µs `POST /chat` (docs/PERFORMANCE.md, issue 18).
+#[derive(Default)]
+pub struct Verified {
+    tokens: Mutex<HashMap<String, Usable>>,
+}
+
+#[derive(Clone)]
+struct Usable {
+    user: String,
+    from: u64,
+    until: u64,
+}
+
+impl Verified {
+    fn user(&self, token: &str, now: u64) -> Option<User> {
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        let usable = tokens.get(token)?;
+        if usable.from <= now && now <= usable.until {
+            return Some(User { id: usable.user.clone() });
+        }
+        tokens.remove(token);
+        None
+    }
+
+    fn remember(&self, token: &str, usable: Usable) {
+        if token.len() > MAX_VERIFIED_TOKEN_LEN {
+            return;
+        }
+        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        if tokens.len() >= MAX_VERIFIED {
+            tokens.clear();
+        }
+        tokens.insert(token.to_owned(), usable);
+    }
+}
+
+/// Seconds since the Unix epoch, as `jsonwebtoken` checks `exp` and `nbf`.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 impl Authenticator {
@@ -114,7 +176,7 @@ impl Authenticator {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
         }
-        Ok(Self::Jwt { keys, validation: Box::new(validation) })
+        Ok(Self::Jwt { keys, validation: Box::new(validation), verified: Verified::default() })
     }
 
     /// True when tokens are not checked.
@@ -124,11 +186,14 @@ impl Authenticator {
 
     /// The user a token belongs to, or a 401 saying why not.
     pub fn authenticate(&self, token: Option<&str>) -> Result<User, ApiError> {
-        let (keys, validation) = match self {
+        let (keys, validation, verified) = match self {
             Self::Disabled => return Ok(User { id: ANONYMOUS.into() }),
-            Self::Jwt { keys, validation } => (keys, validation),
+            Self::Jwt { keys, validation, verified } => (keys, validation, verified),
         };
         let token = token.ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        if let Some(user) = verified.user(token, unix_now()) {
+            return Ok(user);
+        }
         let key = match keys {
             Keys::One(key) => key,
             Keys::ByKeyId(keys) => {
@@ -141,10 +206,18 @@ impl Authenticator {
         };
         let data = decode::<Claims>(token, key, validation)
             .map_err(|e| ApiError::unauthorized(format!("invalid token: {e}")))?;
-        let id = data.claims.sub;
+        let Claims { sub: id, exp, nbf } = data.claims;
         if id.is_empty() || id.len() > MAX_USER_ID_LEN || id.chars().any(char::is_control) {
             return Err(ApiError::unauthorized("invalid token: unusable subject"));
         }
+        // The same bounds as `jsonwebtoken`'s checks (with the same leeway), which this
+        // token passed just now; nbf is checked when present (`validate_nbf`).
+        let usable = Usable {
+            user: id.clone(),
+            from: nbf.map_or(0, |nbf| nbf.saturating_sub(validation.leeway)),
+            until: exp.saturating_add(validation.leeway),
+        };
+        verified.remember(token, usable);
         Ok(User { id })
     }
 }
@@ -250,6 +323,29 @@ mod tests {
         assert!(refusal(&auth(Some("0")), &just_expired).is_some(), "JWT_LEEWAY_SECS=0 refuses it");
         let long_expired = token(json!({"sub": "alice", "exp": now() - 120}));
         assert!(refusal(&auth(None), &long_expired).is_some());
+    }
+
+    #[test]
+    fn a_remembered_token_is_used_only_within_its_bounds() {
+        let auth = auth(None);
+        let good = token(json!({"sub": "alice", "exp": now() + 3600}));
+        assert_eq!(auth.authenticate(Some(&good)).map(|u| u.id).ok().as_deref(), Some("alice"));
+        assert_eq!(
+            auth.authenticate(Some(&good)).map(|u| u.id).ok().as_deref(),
+            Some("alice"),
+            "from memory"
+        );
+        // Another signature on the same claims is checked, not matched by its claims.
+        let forged = format!("{}x", &good[..good.len() - 1]);
+        assert!(refusal(&auth, &forged).is_some());
+        let Authenticator::Jwt { verified, .. } = &auth else { panic!("jwt") };
+        let usable = |from, until| Usable { user: "bob".into(), from, until };
+        verified.remember("t", usable(100, 200));
+        assert_eq!(verified.user("t", 99), None, "not yet: forgotten");
+        verified.remember("t", usable(100, 200));
+        assert_eq!(verified.user("t", 150).map(|u| u.id).as_deref(), Some("bob"));
+        assert_eq!(verified.user("t", 201), None, "expired");
+        assert_eq!(verified.user("t", 150), None, "and forgotten");
     }
 
     #[test]
