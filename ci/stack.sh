@@ -68,6 +68,13 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   # tansu 0.6.0 panics on an idempotent producer's write after an epoch bump (which
   # follows any write that timed out); see docs/DEPENDENCIES.md.
   export KAFKA_IDEMPOTENCE=false
+  # tansu holds every fetch for the whole KAFKA_FETCH_WAIT_MAX_MS, data or not, after
+  # reading each of its partitions from storage: at the binaries' 10 ms the polling of
+  # the relay and the handlers made tansu use more CPU than the LLM in the README's load
+  # test (81 s against 53 s); at 100 ms, 19 s, and each Kafka hop waits 0.1-0.2 s
+  # (docs/PERFORMANCE.md, "The local LLM"). Kafka answers a held fetch as soon as data
+  # comes, so the cluster keeps the binaries' default.
+  export KAFKA_FETCH_WAIT_MAX_MS="${KAFKA_FETCH_WAIT_MAX_MS:-100}"
 fi
 if [ -z "${QDRANT_URL:-}" ]; then
   use_env ci/deps/qdrant.sh ensure
