@@ -52,6 +52,17 @@ pub fn revoke_grace_from_env(env: &Env) -> Result<Duration, SettingsError> {
     Ok(Duration::from_secs(env.parse_or("HANDLER_REVOKE_GRACE_SECS", 10)?))
 }
 
+/// Reads `HANDLER_HANDOVER_WAIT_SECS` (default 30): the longest a member assigned a
+/// partition whose previous owner has not released it yet (tansu's coordinator assigns
+/// before it revokes) withholds it while that owner keeps renewing its lease, before
+/// reading it from its last commit anyway. Above the revoke grace plus the time a live
+/// owner takes to learn of the revoke (a heartbeat and a JoinGroup), so that only an
+/// owner stuck without releasing is waited out; a dead owner's lease goes stale in
+/// 5 s. 0 turns the leases off: a new owner reads at once, as before.
+pub fn handover_wait_from_env(env: &Env) -> Result<Duration, SettingsError> {
+    Ok(Duration::from_secs(env.parse_or("HANDLER_HANDOVER_WAIT_SECS", 30)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,9 @@ pub struct RuntimeSettings {
     pub assignment: Assignment,
     /// How long a revoked partition's running records may finish (`HANDLER_REVOKE_GRACE_SECS`).
     pub revoke_grace: Duration,
+    /// How long a partition its previous owner has not released waits for it
+    /// (`HANDLER_HANDOVER_WAIT_SECS`; 0: no leases).
+    pub handover_wait: Duration,
 }
 
 /// `HANDLER_MAX_RECORD_BYTES`: larger records are dead-lettered undecoded, from Kafka and
@@ -120,6 +123,7 @@ impl RuntimeSettings {
             record_limit: RecordLimit::from_env(env)?,
             assignment: Assignment::from_env(env)?,
             revoke_grace: assignment::revoke_grace_from_env(env)?,
+            handover_wait: assignment::handover_wait_from_env(env)?,
         })
     }
 }

@@ -6,9 +6,9 @@ use std::sync::{
     Arc,
 };
 
-use rdkafka::consumer::Consumer;
+use rdkafka::{consumer::Consumer, TopicPartitionList};
 
-use super::group::GroupContext;
+use super::{group::GroupContext, handover::Handover};
 
 /// The fewest records fetched ahead before pausing: a few user messages' worth of
 /// memory, and enough that a resume (a new fetch) serves many records.
@@ -22,6 +22,8 @@ pub(super) struct Flow {
     /// Shared with the group's rebalance callback, which pauses partitions assigned
     /// while fetching is paused.
     paused: Arc<AtomicBool>,
+    /// Partitions waiting for their previous owner stay paused when fetching resumes.
+    handover: Option<Arc<Handover>>,
 }
 
 impl Flow {
@@ -34,8 +36,17 @@ impl Flow {
     /// resuming at each freed slot held one responder at 4 messages/s
     /// (BENCH_ONLY=throughput in handlers/benches/pipeline.rs), the hysteresis lets it
     /// run at the handler's pace.
-    pub(super) fn for_concurrency(concurrency: usize) -> Self {
-        Self { capacity: (concurrency * 4).max(MIN_FETCHED_AHEAD), paused: Arc::new(AtomicBool::new(false)) }
+    pub(super) fn for_concurrency(concurrency: usize, handover: Option<Arc<Handover>>) -> Self {
+        Self {
+            capacity: (concurrency * 4).max(MIN_FETCHED_AHEAD),
+            paused: Arc::new(AtomicBool::new(false)),
+            handover,
+        }
+    }
+
+    /// Whether fetching is paused for every partition.
+    pub(super) fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// The paused flag, for the group's rebalance callback.
@@ -65,7 +76,8 @@ impl Flow {
                 return;
             }
         };
-        let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+        let result =
+            if pause { consumer.pause(&assignment) } else { consumer.resume(&self.resumable(&assignment)) };
         match result {
             Ok(()) => {
                 self.paused.store(pause, Ordering::SeqCst);
@@ -78,6 +90,20 @@ impl Flow {
             Err(err) => tracing::warn!(error = %err, paused = pause, "cannot pause or resume fetching"),
         }
     }
+
+    /// `assignment` without the partitions withheld for their previous owner.
+    fn resumable(&self, assignment: &TopicPartitionList) -> TopicPartitionList {
+        let Some(handover) = self.handover.as_ref().filter(|h| h.any_withheld()) else {
+            return assignment.clone();
+        };
+        let mut resumable = TopicPartitionList::new();
+        for e in assignment.elements() {
+            if !handover.is_withheld(&(e.topic().to_string(), e.partition())) {
+                resumable.add_partition(e.topic(), e.partition());
+            }
+        }
+        resumable
+    }
 }
 
 #[cfg(test)]
@@ -86,8 +112,8 @@ mod tests {
 
     #[test]
     fn fetches_four_times_the_concurrency_ahead_but_never_fewer_than_the_minimum() {
-        assert_eq!(Flow::for_concurrency(1).capacity, MIN_FETCHED_AHEAD);
-        assert_eq!(Flow::for_concurrency(32).capacity, 128);
-        assert!(!Flow::for_concurrency(8).paused.load(Ordering::SeqCst));
+        assert_eq!(Flow::for_concurrency(1, None).capacity, MIN_FETCHED_AHEAD);
+        assert_eq!(Flow::for_concurrency(32, None).capacity, 128);
+        assert!(!Flow::for_concurrency(8, None).is_paused());
     }
 }

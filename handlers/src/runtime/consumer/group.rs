@@ -20,6 +20,7 @@ use rdkafka::{
 };
 use tokio::sync::watch;
 
+use super::handover::Handover;
 use crate::runtime::{
     offsets::{OffsetTracker, Partition},
     settings::RuntimeSettings,
@@ -78,6 +79,8 @@ pub(super) struct GroupContext {
     /// Set at SIGTERM: leaving the group revokes everything, after the drain has
     /// already given running records their grace period.
     pub(super) shutdown: watch::Receiver<bool>,
+    /// The partitions' leases (`None`: `HANDLER_HANDOVER_WAIT_SECS` is 0).
+    pub(super) handover: Option<Arc<Handover>>,
 }
 
 impl GroupContext {
@@ -125,9 +128,13 @@ impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Assign(list), Some(handover)) = (rebalance, &self.handover) {
+            // Before librdkafka starts fetching them: a partition withheld here is
+            // paused as soon as it is assigned.
+            handover.assigned(&partitions(list));
+        }
         if let Rebalance::Revoke(list) = rebalance {
-            let revoked: Vec<Partition> =
-                list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            let revoked = partitions(list);
             let lost = consumer.assignment_lost();
             if !lost {
                 self.wait_for_running(&revoked);
@@ -139,6 +146,10 @@ impl ConsumerContext for GroupContext {
                 if let Err(err) = commit_offsets(consumer, &offsets, CommitMode::Sync) {
                     tracing::warn!(error = %err, "commit on revoke failed");
                 }
+            }
+            // After the last commit: the next owner reads from it.
+            if let Some(handover) = &self.handover {
+                handover.revoked(&revoked, lost);
             }
             tracing::info!(partitions = revoked.len(), lost, "partitions revoked");
         }
@@ -164,6 +175,9 @@ impl ConsumerContext for GroupContext {
                 // librdkafka drops the assignment without a revoke: forget everything, so
                 // nothing is committed for partitions this process may no longer own.
                 lock(&self.tracker).clear();
+                if let Some(handover) = &self.handover {
+                    handover.clear();
+                }
                 self.status.set_assigned(false);
                 tracing::warn!(error = %err, "rebalance failed; the assignment was dropped");
             }
@@ -179,6 +193,15 @@ impl GroupContext {
     /// with cooperative).
     fn assigned(&self, consumer: &BaseConsumer<Self>, list: &TopicPartitionList) {
         if list.count() > 0 {
+            // Withheld partitions are resumed one by one as they are released, the
+            // others all together once fetching resumes.
+            let to_pause =
+                if self.paused.load(Ordering::SeqCst) { list.clone() } else { self.withheld_in(list) };
+            if to_pause.count() > 0 {
+                if let Err(err) = consumer.pause(&to_pause) {
+                    tracing::warn!(error = %err, "cannot pause the partitions just assigned");
+                }
+            }
             // Here, before any record of the new partitions reaches the tracker, a
             // commit cannot overtake a later one.
             match commit_start_where_uncommitted(consumer, list) {
@@ -188,11 +211,6 @@ impl GroupContext {
                     error = format!("{err:#}"),
                     "could not commit the start of partitions without a commit; KEDA may see lag that is not there"
                 ),
-            }
-            if self.paused.load(Ordering::SeqCst) {
-                if let Err(err) = consumer.pause(list) {
-                    tracing::warn!(error = %err, "cannot pause the partitions just assigned");
-                }
             }
         }
         self.report_assigned(consumer);
@@ -204,6 +222,26 @@ impl GroupContext {
             "partitions assigned"
         );
     }
+}
+
+impl GroupContext {
+    /// The partitions of `list` withheld for their previous owner.
+    fn withheld_in(&self, list: &TopicPartitionList) -> TopicPartitionList {
+        let mut withheld = TopicPartitionList::new();
+        if let Some(handover) = &self.handover {
+            for e in list.elements() {
+                if handover.is_withheld(&(e.topic().to_string(), e.partition())) {
+                    withheld.add_partition(e.topic(), e.partition());
+                }
+            }
+        }
+        withheld
+    }
+}
+
+/// The partitions of `list`.
+fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
+    list.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
 /// How long the assignment-time lookups may take (they hold up the first fetch).

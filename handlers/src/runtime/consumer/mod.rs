@@ -5,6 +5,7 @@
 
 mod flow;
 mod group;
+mod handover;
 mod job;
 mod process;
 mod worker;
@@ -19,6 +20,7 @@ use rdkafka::{
     consumer::{CommitMode, Consumer, StreamConsumer},
     message::OwnedMessage,
     producer::{FutureProducer, Producer},
+    Message,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -28,6 +30,7 @@ use tokio::{
 use self::{
     flow::Flow,
     group::{commit, report_lag, GroupContext},
+    handover::{renew_leases, Handover},
     job::Job,
     process::Processor,
     worker::{Finished, Worker},
@@ -102,9 +105,12 @@ struct Consuming<H: Handler> {
     flow: Flow,
     done: mpsc::UnboundedReceiver<Finished>,
     lag_task: JoinHandle<()>,
+    /// Renews the leases of the partitions held, while the member lives.
+    renew_task: Option<JoinHandle<()>>,
     shutdown: watch::Receiver<bool>,
     last_activity: Instant,
     first_record: bool,
+    handover: Option<Arc<Handover>>,
 }
 
 impl<H: Handler> Consuming<H> {
@@ -116,13 +122,19 @@ impl<H: Handler> Consuming<H> {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
-        let flow = Flow::for_concurrency(settings.concurrency);
+        let handover = if settings.handover_wait.is_zero() {
+            None
+        } else {
+            Some(Arc::new(Handover::new(&settings.kafka, handler.group(), settings.handover_wait)?))
+        };
+        let flow = Flow::for_concurrency(settings.concurrency, handover.clone());
         let context = GroupContext {
             tracker: tracker.clone(),
             status: status.clone(),
             paused: flow.paused(),
             revoke_grace: settings.revoke_grace,
             shutdown: shutdown.clone(),
+            handover: handover.clone(),
         };
         let mut config = settings.kafka.consumer_config(handler.group());
         settings.assignment.apply(&mut config);
@@ -135,6 +147,7 @@ impl<H: Handler> Consuming<H> {
         let lag_task =
             tokio::spawn(report_lag(settings.clone(), handler.group(), handler.topics(), shutdown.clone()));
         tracing::info!(group = handler.group(), topics = ?handler.topics(), "consuming");
+        let renew_task = handover.clone().map(|h| tokio::spawn(renew_leases(h)));
         let (done_tx, done) = mpsc::unbounded_channel();
         let processor = Processor::new(handler, settings.clone(), producer.clone(), status.clone());
         Ok(Self {
@@ -147,9 +160,11 @@ impl<H: Handler> Consuming<H> {
             flow,
             done,
             lag_task,
+            renew_task,
             shutdown,
             last_activity: Instant::now(),
             first_record: true,
+            handover,
         })
     }
 
@@ -204,6 +219,13 @@ impl<H: Handler> Consuming<H> {
     /// free.
     fn received(&mut self, record: OwnedMessage) {
         self.last_activity = Instant::now();
+        if let Some(handover) = &self.handover {
+            if handover.is_withheld(&(record.topic().to_string(), record.partition())) {
+                // Fetched before the pause took hold; read again, from the previous
+                // owner's last commit, once it releases the partition.
+                return;
+            }
+        }
         if self.first_record {
             self.first_record = false;
             let cold = self.status.started().elapsed();
@@ -220,6 +242,11 @@ impl<H: Handler> Consuming<H> {
     /// The periodic commit, and the checks that end the loop.
     fn tick(&mut self, options: RunOptions) -> Step {
         commit(&self.consumer, &self.tracker, CommitMode::Async);
+        if let Some(handover) = self.handover.as_ref().filter(|h| h.any_withheld()) {
+            let (consumer, paused) = (&self.consumer, self.flow.is_paused());
+            // Lease and offset look-ups block on the network.
+            tokio::task::block_in_place(|| handover.poll(consumer, paused));
+        }
         metrics::gauge!(metric::IN_FLIGHT, "handler" => H::NAME).set(self.lanes.held() as f64);
         if let Some(fatal) = self.producer.client().fatal_error() {
             // An idempotent producer in a fatal state never recovers: restart.
@@ -264,6 +291,10 @@ impl<H: Handler> Consuming<H> {
     /// The last commit, the producer's flush, and leaving the group.
     fn leave(self) {
         self.lag_task.abort();
+        if let Some(renewing) = &self.renew_task {
+            // Leaving releases every lease held, after the last commits.
+            renewing.abort();
+        }
         let (consumer, producer, tracker) = (self.consumer, self.producer, self.tracker);
         // These block on the network.
         tokio::task::block_in_place(move || {
