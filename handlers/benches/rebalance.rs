@@ -19,7 +19,9 @@
 //! good), the Qdrant engine server, the release `responder` binaries. Run:
 //! `ci/bench.sh rebalance`. Knobs: BENCH_ASSIGNMENT (eager, cooperative; default both),
 //! BENCH_REVOKE_GRACE_SECS (a list, default "0 10": how long a revoked partition's
-//! running records may finish, `HANDLER_REVOKE_GRACE_SECS`), BENCH_CONCURRENCY (4),
+//! running records may finish, `HANDLER_REVOKE_GRACE_SECS`), BENCH_HANDOVER_WAIT_SECS
+//! (a list, default "30": how long a new owner waits at most for the previous owner's release,
+//! `HANDLER_HANDOVER_WAIT_SECS`, 0 for no leases), BENCH_CONCURRENCY (4),
 //! BENCH_TOKENS (10), BENCH_TOKEN_MS (100), BENCH_PHASE_SECS (15), TANSU_ENGINE.
 
 #[path = "../tests/common/mod.rs"]
@@ -123,6 +125,24 @@ impl Member {
         Self { process, spawned, ready: Utc::now() }
     }
 
+    /// How long each partition it was handed waited for its previous owner's release
+    /// (ms), and how many it took without one (the owner stopped renewing its lease,
+    /// or the wait ran out).
+    fn handover_waits(&self) -> (Vec<f64>, usize) {
+        let log = self.process.process.log();
+        let released: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| {
+                l.get("message").and_then(serde_json::Value::as_str) == Some("partition released: reading it")
+            })
+            .collect();
+        let waits = released.iter().filter_map(|l| l.get("waited_ms")?.as_f64()).collect();
+        let without =
+            released.iter().filter(|l| l.get("why").and_then(serde_json::Value::as_str) != Some("released"));
+        (waits, without.count())
+    }
+
     /// From its subscribe to its first partitions, per its own log, in ms.
     fn join_ms(&self) -> Option<f64> {
         let log = self.process.process.log();
@@ -171,6 +191,9 @@ struct Run {
     answered_twice: usize,
     answered: usize,
     backlog: usize,
+    /// Hand-over waits for a previous owner's release (ms), and waits that ran out.
+    handover_waits: Vec<f64>,
+    waited_out: usize,
 }
 
 /// One scale step (1, 1 → 2, 2 → 4) and the phase after it.
@@ -245,6 +268,12 @@ async fn run(
     let end = Utc::now();
     // Stop them all at once (SIGTERM: each drains, commits and leaves) before reading
     // back what they wrote.
+    let (mut handover_waits, mut waited_out) = (Vec::new(), 0);
+    for m in &members {
+        let (waits, out) = m.handover_waits();
+        handover_waits.extend(waits);
+        waited_out += out;
+    }
     let started_stopping = Instant::now();
     let stops: Vec<_> = members.into_iter().map(|m| tokio::task::spawn_blocking(move || drop(m))).collect();
     for stop in stops {
@@ -297,6 +326,8 @@ async fn run(
         answered_twice: finals.values().filter(|n| **n > 1).count(),
         answered: finals.len(),
         backlog: backlog.len(),
+        handover_waits,
+        waited_out,
     }
 }
 
@@ -343,6 +374,12 @@ fn print(run: &Run) {
         "  steady 1-replica longest gap {:.0} ms; answered {} of {} backlog; re-run (more than one attempt) {}; answered twice {}",
         run.steady_gap_ms, run.answered, run.backlog, run.rerun, run.answered_twice
     );
+    let longest = run.handover_waits.iter().copied().fold(0.0, f64::max);
+    println!(
+        "  partitions withheld for their previous owner {} (longest wait {longest:.0} ms), taken without a release {}",
+        run.handover_waits.len(),
+        run.waited_out
+    );
 }
 
 #[tokio::main]
@@ -364,6 +401,11 @@ async fn main() {
         .split([' ', ','])
         .filter_map(|s| s.parse().ok())
         .collect();
+    let handover_waits: Vec<u64> = std::env::var("BENCH_HANDOVER_WAIT_SECS")
+        .unwrap_or_else(|_| "30".into())
+        .split([' ', ','])
+        .filter_map(|s| s.parse().ok())
+        .collect();
     println!(
         "rebalance benchmark: tansu {} engine, {PARTITIONS} partitions, scripted LLM {} tokens × {} ms, \
          HANDLER_CONCURRENCY {}, replicas 1 → 2 → 4 every {} s",
@@ -377,15 +419,19 @@ async fn main() {
     let llm = paced_llm(pace);
     for assignment in &assignments {
         for grace in &graces {
-            // A fresh broker per run: tansu keeps the protocol a group was formed with.
-            let kafka = Kafka::start(PARTITIONS).await;
-            let label = format!("assignment {assignment}, revoke grace {grace} s");
-            let extra = [
-                ("HANDLER_PARTITION_ASSIGNMENT", assignment.clone()),
-                ("HANDLER_REVOKE_GRACE_SECS", grace.to_string()),
-            ];
-            let result = run(&label, &kafka, &qdrant, &llm, pace, &extra).await;
-            print(&result);
+            for wait in &handover_waits {
+                // A fresh broker per run: tansu keeps the protocol a group was formed with.
+                let kafka = Kafka::start(PARTITIONS).await;
+                let label =
+                    format!("assignment {assignment}, revoke grace {grace} s, hand-over wait {wait} s");
+                let extra = [
+                    ("HANDLER_PARTITION_ASSIGNMENT", assignment.clone()),
+                    ("HANDLER_REVOKE_GRACE_SECS", grace.to_string()),
+                    ("HANDLER_HANDOVER_WAIT_SECS", wait.to_string()),
+                ];
+                let result = run(&label, &kafka, &qdrant, &llm, pace, &extra).await;
+                print(&result);
+            }
         }
     }
 }
