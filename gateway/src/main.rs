@@ -12,6 +12,7 @@ mod history;
 mod hub;
 mod idempotency;
 mod intake;
+mod logs;
 mod relay;
 mod reply;
 mod routes;
@@ -30,7 +31,7 @@ use platform::{
     prometheus,
     settings::{exit_code, Env},
     shutdown::wait_for_signal,
-    telemetry, topics,
+    topics,
 };
 use rdkafka::producer::Producer;
 use tokio::{net::TcpListener, sync::watch};
@@ -76,9 +77,10 @@ enum Command {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let env = Env::from_process();
-    // Held to the end of main: dropping it flushes the spans still queued.
-    let _telemetry = match telemetry::init(&env, "gateway", telemetry::Spans::Direct) {
-        Ok(telemetry) => telemetry,
+    // Held to the end of main: dropping it writes the lines still buffered and flushes
+    // the spans still queued.
+    let logs = match logs::init(&env, "gateway") {
+        Ok(logs) => logs,
         Err(err) => return exit_code("gateway", Err(anyhow::Error::new(err).context("configuration error"))),
     };
     let result = match cli.command {
@@ -88,6 +90,8 @@ async fn main() -> ExitCode {
             init(&env, partitions, replication, timeout_secs).await
         }
     };
+    // The buffered lines before exit_code's own report of a failure.
+    logs.flush();
     exit_code("gateway", result)
 }
 

@@ -92,12 +92,22 @@ async fn a_callers_trace_reaches_the_record_and_the_error_event_of_its_message()
 
     // The JSON log line of the accepted message carries the trace, though it is
     // written in a span nested under the request's.
-    let log = gateway.process.log();
-    let accepted_line = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "message accepted")
-        .unwrap_or_else(|| panic!("no JSON line `message accepted`:\n{log}"));
+    // Info lines are buffered (up to 100 ms, gateway/src/logs.rs).
+    let mut accepted_line = None;
+    for _ in 0..50 {
+        accepted_line = gateway
+            .process
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"] == "message accepted");
+        if accepted_line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accepted_line = accepted_line
+        .unwrap_or_else(|| panic!("no JSON line `message accepted`:\n{}", gateway.process.log()));
     assert!(accepted_line.to_string().contains(CALLER_TRACE), "{accepted_line}");
 
     // A handler's error event, written in the message's trace, shows it to the user.
