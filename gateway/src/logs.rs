@@ -15,11 +15,11 @@ use std::{
 };
 
 use platform::{
-    otel::{self, OtelSettings},
     settings::{Env, SettingsError},
+    telemetry::{self, Spans, Telemetry},
 };
 use tracing::{Level, Metadata};
-use tracing_subscriber::{fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Longest an info line waits before it is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -32,7 +32,7 @@ const BUFFER_BYTES: usize = 64 * 1024;
 #[must_use = "dropping it stops logging and trace export"]
 pub struct Logs {
     out: Buffered,
-    _exporter: Option<otel::Exporter>,
+    _telemetry: Telemetry,
 }
 
 impl Logs {
@@ -48,30 +48,12 @@ impl Drop for Logs {
     }
 }
 
-/// Installs the global `tracing` subscriber, as `platform::telemetry::init` with
-/// `Spans::Direct` does (same settings: `LOG_FORMAT`, `RUST_LOG`, `OTEL_*`), with the
-/// buffered stderr.
+/// Installs the global `tracing` subscriber of `platform::telemetry` (same settings:
+/// `LOG_FORMAT`, `RUST_LOG`, `OTEL_*`; only direct spans exported) with the buffered
+/// stderr.
 pub fn init(env: &Env, service: &'static str) -> Result<Logs, SettingsError> {
-    let format = env.one_of("LOG_FORMAT", &["json", "text"], "json")?;
-    let filter_spec = env.optional("RUST_LOG").unwrap_or_else(|| "info".into());
-    let filter = EnvFilter::try_new(&filter_spec).map_err(|e| SettingsError::Invalid {
-        name: "RUST_LOG".into(),
-        value: filter_spec.clone(),
-        reason: e.to_string(),
-    })?;
-    let otel_settings = OtelSettings::from_env(env, service)?;
     let out = Buffered::new();
-    let logs = tracing_subscriber::fmt::layer().with_writer(out.clone());
-    let logs = if format == "json" {
-        // Every span in scope, outermost first: the request's span (with trace_id) is
-        // seldom the innermost one.
-        logs.json().flatten_event(true).with_current_span(false).with_span_list(true).boxed()
-    } else {
-        logs.compact().boxed()
-    };
-    let exporter = otel_settings.as_ref().map(otel::export).transpose()?;
-    // A second init (e.g. in tests) keeps the first subscriber; that is harmless.
-    let _ = tracing_subscriber::registry().with(filter).with(logs).try_init();
+    let telemetry = telemetry::init_with_writer(env, service, Spans::Direct, out.clone())?;
     let flusher = out.clone();
     // A thread rather than a task: lines are written while the runtime shuts down too.
     let spawned = std::thread::Builder::new().name("log-flush".into()).spawn(move || loop {
@@ -83,18 +65,7 @@ pub fn init(env: &Env, service: &'static str) -> Result<Logs, SettingsError> {
         out.unbuffer();
         tracing::warn!(error = %err, "no log flush thread; writing each line at once");
     }
-    match &otel_settings {
-        Some(settings) => tracing::info!(
-            service = %settings.service_name,
-            endpoint = %settings.endpoint,
-            sampling = ?settings.sampling,
-            "exporting traces over OTLP"
-        ),
-        None => {
-            tracing::debug!(service, "logging initialised; trace export off (no OTEL_EXPORTER_OTLP_ENDPOINT)")
-        }
-    }
-    Ok(Logs { out, _exporter: exporter })
+    Ok(Logs { out, _telemetry: telemetry })
 }
 
 /// Stderr behind one buffer that every thread's lines share.

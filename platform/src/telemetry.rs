@@ -1,7 +1,9 @@
 //! Log initialisation (JSON lines for clusters, readable text for a terminal) and, when
 //! an OTLP endpoint is set, trace export ([`crate::otel`]).
 
-use tracing_subscriber::{fmt, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer};
+use tracing_subscriber::{
+    fmt, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+};
 
 use crate::{
     otel::{self, OtelSettings},
@@ -32,6 +34,20 @@ pub enum Spans {
 /// (ours are at `info`). The `OTEL_*` variables of [`OtelSettings`] turn trace export on;
 /// `spans` says which spans it exports.
 pub fn init(env: &Env, service: &'static str, spans: Spans) -> Result<Telemetry, SettingsError> {
+    init_with_writer(env, service, spans, std::io::stderr)
+}
+
+/// As [`init`], with the log lines written by `writer` instead of straight to stderr
+/// (the gateway buffers them: one `write()` per line was a visible share of its CPU).
+pub fn init_with_writer<W>(
+    env: &Env,
+    service: &'static str,
+    spans: Spans,
+    writer: W,
+) -> Result<Telemetry, SettingsError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let format = env.one_of("LOG_FORMAT", &["json", "text"], "json")?;
     let filter_spec = env.optional("RUST_LOG").unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_new(&filter_spec).map_err(|e| SettingsError::Invalid {
@@ -40,7 +56,7 @@ pub fn init(env: &Env, service: &'static str, spans: Spans) -> Result<Telemetry,
         reason: e.to_string(),
     })?;
     let otel_settings = OtelSettings::from_env(env, service)?;
-    let logs = fmt::layer().with_writer(std::io::stderr);
+    let logs = fmt::layer().with_writer(writer);
     let logs = if format == "json" {
         // Every span in scope, outermost first: the request's or record's span (with
         // trace_id) is seldom the innermost one.
