@@ -75,6 +75,10 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   # (docs/PERFORMANCE.md, "The local LLM"). Kafka answers a held fetch as soon as data
   # comes, so the cluster keeps the binaries' default.
   export KAFKA_FETCH_WAIT_MAX_MS="${KAFKA_FETCH_WAIT_MAX_MS:-100}"
+  # tansu's coordinator can give a partition to a joining responder before its owner
+  # lets go, so a scale-up ran records twice; hand-over leases make the new owner wait
+  # for the owner's release (handlers/src/runtime/consumer/handover.rs).
+  export HANDLER_HANDOVER_WAIT_SECS="${HANDLER_HANDOVER_WAIT_SECS:-30}"
 fi
 if [ -z "${QDRANT_URL:-}" ]; then
   use_env ci/deps/qdrant.sh ensure

@@ -19,7 +19,8 @@ pub enum Assignment {
     /// JoinGroup at once instead of waiting for every member to rejoin, so the leader's
     /// cooperative assignor can see stale owned partitions and hand a partition to a
     /// new member while its owner still consumes it (answered twice,
-    /// docs/bench/2026-12-07-rebalance.txt).
+    /// docs/bench/2026-12-07-rebalance.txt). Hand-over leases
+    /// (`HANDLER_HANDOVER_WAIT_SECS`, which the local stack sets) close that gap too.
     Eager,
 }
 
@@ -52,15 +53,17 @@ pub fn revoke_grace_from_env(env: &Env) -> Result<Duration, SettingsError> {
     Ok(Duration::from_secs(env.parse_or("HANDLER_REVOKE_GRACE_SECS", 10)?))
 }
 
-/// Reads `HANDLER_HANDOVER_WAIT_SECS` (default 30): the longest a member assigned a
-/// partition whose previous owner has not released it yet (tansu's coordinator assigns
-/// before it revokes) withholds it while that owner keeps renewing its lease, before
-/// reading it from its last commit anyway. Above the revoke grace plus the time a live
-/// owner takes to learn of the revoke (a heartbeat and a JoinGroup), so that only an
-/// owner stuck without releasing is waited out; a dead owner's lease goes stale in
-/// 5 s. 0 turns the leases off: a new owner reads at once, as before.
+/// Reads `HANDLER_HANDOVER_WAIT_SECS` (default 0: no leases): the longest a member
+/// assigned a partition whose previous owner has not released it yet (tansu's
+/// coordinator assigns before it revokes) withholds it while that owner keeps renewing
+/// its lease, before reading it from its last commit anyway. The local stack on tansu
+/// sets 30: above the revoke grace plus the time a live owner takes to learn of the
+/// revoke (a heartbeat and a JoinGroup), so that only an owner stuck without releasing
+/// is waited out; a dead owner's lease goes stale in 5 s. Off by default because Kafka
+/// revokes before it reassigns, where the leases would only add a commit per second
+/// per member.
 pub fn handover_wait_from_env(env: &Env) -> Result<Duration, SettingsError> {
-    Ok(Duration::from_secs(env.parse_or("HANDLER_HANDOVER_WAIT_SECS", 30)?))
+    Ok(Duration::from_secs(env.parse_or("HANDLER_HANDOVER_WAIT_SECS", 0)?))
 }
 
 #[cfg(test)]
