@@ -1,5 +1,5 @@
-//! The prompt: the system prompt, the conversation's recent turns, then the new
-//! message with what memory recalled in front of it. A pure function, so what reaches the model is tested
+//! The prompt: the system prompt, what memory recalled, the conversation's recent
+//! turns, then the new message. A pure function, so what reaches the model is tested
 //! directly.
 
 use platform::events::{Role, UserMessage};
@@ -65,51 +65,37 @@ pub struct PromptMessage {
 
 /// Builds the prompt. `similar` holds memories from any of the user's conversations;
 /// those already among `recent` are not repeated.
-///
-/// The order keeps the prompt of a conversation's next message an extension of this
-/// one's: the system prompt and the earlier turns come first, unchanged, and what memory
-/// recalled (different for every message) rides on the new message at the end. An LLM
-/// server that caches prompts (llama-server: per slot and in host memory) then only
-/// reads the new tail; with the memories in the system prompt every prompt differed from
-/// its first lines on and was read whole (docs/PERFORMANCE.md, "The local LLM"). They
-/// join the user's message rather than a second system message because many chat
-/// templates refuse a system message after the first.
 pub fn build(
     system: &str,
     similar: &[Memory],
     recent: &[Memory],
     message: &UserMessage,
 ) -> Vec<PromptMessage> {
-    let mut prompt = vec![PromptMessage { role: PromptRole::System, content: system.to_string() }];
+    let mut system = system.to_string();
+    let extra: Vec<&Memory> = similar
+        .iter()
+        .filter(|m| m.message_id != message.message_id && !recent.iter().any(|r| r.point_id == m.point_id))
+        .collect();
+    if !extra.is_empty() {
+        system.push_str("\n\nWhat you remember from earlier conversations with this user:");
+        for m in extra {
+            let who = match m.role {
+                Role::User => "The user said",
+                Role::Assistant => "You said",
+            };
+            system.push_str(&format!("\n- {who}: {}", shortened(&m.text)));
+        }
+    }
+    let mut prompt = vec![PromptMessage { role: PromptRole::System, content: system }];
     prompt.extend(
         recent
             .iter()
             .filter(|m| m.message_id != message.message_id)
             .map(|m| PromptMessage { role: m.role.into(), content: shortened(&m.text) }),
     );
-    let extra: Vec<&Memory> = similar
-        .iter()
-        .filter(|m| m.message_id != message.message_id && !recent.iter().any(|r| r.point_id == m.point_id))
-        .collect();
-    let mut content = String::new();
-    if !extra.is_empty() {
-        content.push_str(RECALLED_HEADING);
-        for m in extra {
-            let who = match m.role {
-                Role::User => "The user said",
-                Role::Assistant => "You said",
-            };
-            content.push_str(&format!("\n- {who}: {}", shortened(&m.text)));
-        }
-        content.push_str("]\n\n");
-    }
-    content.push_str(&message.text);
-    prompt.push(PromptMessage { role: PromptRole::User, content });
+    prompt.push(PromptMessage { role: PromptRole::User, content: message.text.clone() });
     prompt
 }
-
-/// What opens the recalled memories in front of the new message.
-const RECALLED_HEADING: &str = "[What you remember from earlier conversations with this user:";
 
 /// `text`, cut to [`MAX_RECALLED_CHARS`] characters.
 fn shortened(text: &str) -> String {
@@ -144,32 +130,8 @@ mod tests {
         let prompt = build("Be brief.", &similar, &recent_with_itself, &msg);
         let roles: Vec<_> = prompt.iter().map(|m| m.role).collect();
         assert_eq!(roles, [PromptRole::System, PromptRole::User, PromptRole::Assistant, PromptRole::User]);
-        assert_eq!(prompt[0].content, "Be brief.", "the system prompt is the same for every message");
-        assert_eq!(
-            prompt[3].content,
-            "[What you remember from earlier conversations with this user:\n- The user said: My cat is Tom]\n\n\
-             What is my cat called?"
-        );
-    }
-
-    #[test]
-    fn the_next_messages_prompt_extends_this_ones() {
-        let first = UserMessage::new(Uuid::new_v4(), "alice", "My cat is Tom");
-        let earlier =
-            turn(Uuid::new_v4(), Uuid::new_v4(), "alice".into(), Role::User, "I live in Oslo".into(), 0);
-        let before = build("Be brief.", std::slice::from_ref(&earlier), &[], &first);
-        let second = UserMessage::new(first.conversation_id, "alice", "What is my cat called?");
-        let recent = vec![
-            turn(first.message_id, first.conversation_id, "alice".into(), Role::User, first.text.clone(), 1),
-            turn(first.message_id, first.conversation_id, "alice".into(), Role::Assistant, "Nice!".into(), 2),
-        ];
-        let other = turn(Uuid::new_v4(), Uuid::new_v4(), "alice".into(), Role::User, "I like tea".into(), 0);
-        let after = build("Be brief.", &[other, earlier], &recent, &second);
-        // Everything but the new message is kept, and the earlier message comes back as
-        // the user wrote it: the server's cached prompt ends where the memories began.
-        assert_eq!(after[..before.len() - 1], before[..before.len() - 1]);
-        assert_eq!(after[before.len() - 1].content, first.text);
-        assert!(before[before.len() - 1].content.ends_with(&first.text));
+        assert_eq!(prompt[0].content, "Be brief.\n\nWhat you remember from earlier conversations with this user:\n- The user said: My cat is Tom");
+        assert_eq!(prompt[3].content, "What is my cat called?");
     }
 
     #[test]
@@ -180,10 +142,9 @@ mod tests {
         let recent = turn(Uuid::new_v4(), msg.conversation_id, "alice".into(), Role::User, long.clone(), 1);
         let prompt = build("Be brief.", &[old], &[recent], &msg);
         let cut = format!("{}…", "é".repeat(MAX_RECALLED_CHARS));
+        assert!(prompt[0].content.ends_with(&format!("The user said: {cut}")), "{}", prompt[0].content.len());
         assert_eq!(prompt[1].content, cut);
-        let last = &prompt[2].content;
-        assert!(last.contains(&format!("The user said: {cut}]")), "{}", last.len());
-        assert!(last.ends_with(&format!("]\n\n{long}")), "the message itself is whole");
+        assert_eq!(prompt[2].content, long, "the message itself is whole");
     }
 
     #[test]
