@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Prompt tokens an OpenAI-compatible chat server reads for multi-turn conversations,
-with the recalled memories in the system prompt ("old") or in front of the new message
-("new", handlers/src/responder/prompt.rs since issue 18's third round).
+with the recalled memories in the system prompt ("old", handlers/src/responder/prompt.rs)
+or in front of the new message ("new": tried in issue 18's third round and reverted,
+the local model stopped using memories placed there; docs/PERFORMANCE.md).
 
     ci/llm_prompt_layout.py --url http://127.0.0.1:8080 --layout new
 
