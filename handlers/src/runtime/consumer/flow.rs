@@ -93,16 +93,10 @@ impl Flow {
 
     /// `assignment` without the partitions withheld for their previous owner.
     fn resumable(&self, assignment: &TopicPartitionList) -> TopicPartitionList {
-        let Some(handover) = self.handover.as_ref().filter(|h| h.any_withheld()) else {
-            return assignment.clone();
-        };
-        let mut resumable = TopicPartitionList::new();
-        for e in assignment.elements() {
-            if !handover.is_withheld(&(e.topic().to_string(), e.partition())) {
-                resumable.add_partition(e.topic(), e.partition());
-            }
+        match self.handover.as_ref().filter(|h| h.any_withheld()) {
+            Some(handover) => handover.select(assignment, false),
+            None => assignment.clone(),
         }
-        resumable
     }
 }
 

@@ -195,8 +195,11 @@ impl GroupContext {
         if list.count() > 0 {
             // Withheld partitions are resumed one by one as they are released, the
             // others all together once fetching resumes.
-            let to_pause =
-                if self.paused.load(Ordering::SeqCst) { list.clone() } else { self.withheld_in(list) };
+            let to_pause = if self.paused.load(Ordering::SeqCst) {
+                list.clone()
+            } else {
+                self.handover.as_ref().map_or_else(TopicPartitionList::new, |h| h.select(list, true))
+            };
             if to_pause.count() > 0 {
                 if let Err(err) = consumer.pause(&to_pause) {
                     tracing::warn!(error = %err, "cannot pause the partitions just assigned");
@@ -221,21 +224,6 @@ impl GroupContext {
             elapsed_ms = self.status.started().elapsed().as_millis() as u64,
             "partitions assigned"
         );
-    }
-}
-
-impl GroupContext {
-    /// The partitions of `list` withheld for their previous owner.
-    fn withheld_in(&self, list: &TopicPartitionList) -> TopicPartitionList {
-        let mut withheld = TopicPartitionList::new();
-        if let Some(handover) = &self.handover {
-            for e in list.elements() {
-                if handover.is_withheld(&(e.topic().to_string(), e.partition())) {
-                    withheld.add_partition(e.topic(), e.partition());
-                }
-            }
-        }
-        withheld
     }
 }
 

@@ -160,6 +160,19 @@ impl Handover {
         !lock(&self.withheld).is_empty()
     }
 
+    /// The partitions of `list` that wait for their previous owner (`withheld`), or
+    /// those that do not.
+    pub(super) fn select(&self, list: &TopicPartitionList, withheld: bool) -> TopicPartitionList {
+        let waiting = lock(&self.withheld);
+        let mut selected = TopicPartitionList::new();
+        for e in list.elements() {
+            if waiting.contains_key(&(e.topic().to_string(), e.partition())) == withheld {
+                selected.add_partition(e.topic(), e.partition());
+            }
+        }
+        selected
+    }
+
     /// Partitions were just assigned: claims those nobody else holds and withholds
     /// the others.
     pub(super) fn assigned(&self, assigned: &[Partition]) {

@@ -219,7 +219,7 @@ impl<H: Handler> Consuming<H> {
     /// free.
     fn received(&mut self, record: OwnedMessage) {
         self.last_activity = Instant::now();
-        if let Some(handover) = &self.handover {
+        if let Some(handover) = self.handover.as_ref().filter(|h| h.any_withheld()) {
             if handover.is_withheld(&(record.topic().to_string(), record.partition())) {
                 // Fetched before the pause took hold; read again, from the previous
                 // owner's last commit, once it releases the partition.
