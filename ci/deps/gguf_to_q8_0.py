@@ -8,9 +8,10 @@ llama.cpp's CPU backend has no fast batched kernel for Q4_1 (llamafile's tinyBLA
 and the AVX2 repacked kernels take Q8_0 and Q4_0, not Q4_1), so reading a prompt ran
 at ~186 tokens/s on one thread. Every Q4_1 value is exactly `min + k * d` for k in
 0..15, so re-storing it as Q8_0 (32 values per block, 8-bit, one scale) changes the
-weights by well under a Q4_1 step: greedy replies come out the same, and prompts are
-read ~1.7x and replies decoded ~1.4x faster (docs/PERFORMANCE.md, issue 18's fourth
-round). Q4_0 would be a little faster still, but quantising twice changes the replies.
+weights by well under a Q4_1 step: greedy replies come out the same or a word apart
+(one word in three 32-token replies), and prompts are read ~1.7x faster
+(docs/PERFORMANCE.md, issue 18's fourth round). Q4_0 would be a little faster still,
+but quantising twice rewrote the replies.
 
 Needs only the `gguf` and `numpy` packages; no llama-quantize build.
 """
