@@ -198,18 +198,23 @@ async fn follow_a_failing_message(
             .filter(|l| l.contains(&trace_id))
             .collect()
     };
-    let gateway_lines = lines_of("gateway");
-    assert!(gateway_lines.iter().any(|l| l.contains("message accepted")), "gateway log: {gateway_lines:#?}");
-    // The error event is written before the dead letter (the user hears first), so the
-    // responder's "record dead-lettered" line may come a moment after the event.
-    let dead_lettered = |lines: &[String]| lines.iter().any(|l| l.contains("record dead-lettered"));
-    let mut responder_lines = lines_of("responder");
+    // Both logs may lag the events a moment: the gateway buffers its info lines for up
+    // to 100 ms, and the error event is written before the dead letter (the user hears
+    // first), so the responder's "record dead-lettered" line may come after the event.
+    let logged = |lines: &[String], what: &str| lines.iter().any(|l| l.contains(what));
+    let (mut gateway_lines, mut responder_lines) = (lines_of("gateway"), lines_of("responder"));
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !dead_lettered(&responder_lines) && Instant::now() < deadline {
+    while !(logged(&gateway_lines, "message accepted") && logged(&responder_lines, "record dead-lettered"))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        responder_lines = lines_of("responder");
+        (gateway_lines, responder_lines) = (lines_of("gateway"), lines_of("responder"));
     }
-    assert!(dead_lettered(&responder_lines), "responder log lines with the trace id: {responder_lines:#?}");
+    assert!(logged(&gateway_lines, "message accepted"), "gateway log: {gateway_lines:#?}");
+    assert!(
+        logged(&responder_lines, "record dead-lettered"),
+        "responder log lines with the trace id: {responder_lines:#?}"
+    );
     println!(
         "walkthrough: log lines with the trace id:\n{}\n{}",
         gateway_lines.join("\n"),
