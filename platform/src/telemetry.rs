@@ -1,8 +1,14 @@
 //! Log initialisation (JSON lines for clusters, readable text for a terminal) and, when
 //! an OTLP endpoint is set, trace export ([`crate::otel`]).
 
+mod json_line;
+
 use tracing_subscriber::{
-    fmt, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt, EnvFilter, Layer,
+    fmt,
+    fmt::{format::JsonFields, MakeWriter},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+    EnvFilter, Layer,
 };
 
 use crate::{
@@ -59,8 +65,10 @@ where
     let logs = fmt::layer().with_writer(writer);
     let logs = if format == "json" {
         // Every span in scope, outermost first: the request's or record's span (with
-        // trace_id) is seldom the innermost one.
-        logs.json().flatten_event(true).with_current_span(false).with_span_list(true).boxed()
+        // trace_id) is seldom the innermost one. The lines are those of
+        // tracing-subscriber's `json().flatten_event(true).with_current_span(false)
+        // .with_span_list(true)`, written without re-parsing the span fields (json_line).
+        logs.with_ansi(false).fmt_fields(JsonFields::new()).event_format(json_line::JsonLine).boxed()
     } else {
         logs.compact().boxed()
     };
