@@ -10,7 +10,10 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-: "${CARGO_TARGET_DIR:=$REPO_ROOT/target}"
+# The cached target dir of ci/test.sh and ci/stack.sh (keyed by toolchain): run on its
+# own, in a fresh clone or a git worktree, this used to build into ./target, a cold
+# qdrant-edge build (~8 CPU-minutes) beside a warm cache.
+: "${CARGO_TARGET_DIR:=$CACHE_DIR/cargo-target/rustc-$(rustc --version | cut -d' ' -f2)}"
 QDRANT_DEV_SERVER_BIN="${QDRANT_DEV_SERVER_BIN:-$CARGO_TARGET_DIR/debug/qdrant-dev-server}"
 
 ensure() {
