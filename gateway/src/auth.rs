@@ -10,7 +10,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -23,7 +23,10 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, JwkSet},
     Algorithm, DecodingKey, Validation,
 };
-use platform::settings::{Env, SettingsError};
+use platform::{
+    settings::{Env, SettingsError},
+    sync::lock,
+};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
@@ -100,7 +103,7 @@ struct Usable {
 
 impl Verified {
     fn user(&self, token: &str, now: u64) -> Option<User> {
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tokens = lock(&self.tokens);
         let usable = tokens.get(token)?;
         if usable.from <= now && now <= usable.until {
             return Some(User { id: usable.user.clone() });
@@ -113,7 +116,7 @@ impl Verified {
         if token.len() > MAX_VERIFIED_TOKEN_LEN {
             return;
         }
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tokens = lock(&self.tokens);
         if tokens.len() >= MAX_VERIFIED {
             tokens.clear();
         }

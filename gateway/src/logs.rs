@@ -10,12 +10,13 @@
 
 use std::{
     io::{self, BufWriter, Write},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use platform::{
     settings::{Env, SettingsError},
+    sync::lock,
     telemetry::{self, Spans, Telemetry},
 };
 use tracing::{Level, Metadata};
@@ -89,7 +90,7 @@ impl Buffered {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A line is written whole or not at all under the lock; a panic elsewhere
         // leaves nothing half-done to fear.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 
     fn flush(&self) {
